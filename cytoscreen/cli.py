@@ -1,0 +1,127 @@
+"""``cytoscreen <stage> ...``: the command-line interface and the only place that configures logging.
+
+Each stage has a ``command`` module with ``add_parser(subparsers)`` and ``run(args) -> int``; this
+module wires them, maps project errors to exit codes and prints one ``error:`` line for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from cytoscreen import __version__
+from cytoscreen.errors import CytoscreenError
+
+logger = logging.getLogger("cytoscreen")
+
+#: (command name, module with add_parser/run), in the order the help lists them.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("synth", "cytoscreen.synth_command"),
+    ("ingest", "cytoscreen.ingest.command"),
+    ("qc", "cytoscreen.qc_command"),
+    ("backbones", "cytoscreen.features.backbones_command"),
+    ("features", "cytoscreen.features.command"),
+    ("segment", "cytoscreen.segment.command"),
+    ("profiles", "cytoscreen.profiles.command"),
+    ("novelty", "cytoscreen.novelty.command"),
+    ("moa", "cytoscreen.moa.command"),
+    ("evaluate", "cytoscreen.moa.evaluate_command"),
+    ("report", "cytoscreen.report.command"),
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps docstring line breaks."""
+
+
+def _available_commands() -> list[tuple[str, str]]:
+    out = []
+    for name, module in COMMANDS:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            out.append((name, module))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cytoscreen",
+        description="High-content screening: plate images -> QC -> CNN features -> profiles -> "
+        "novelty hits -> MoA clusters -> reports.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cytoscreen {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for _name, module in _available_commands():
+        mod = importlib.import_module(module)
+        mod.add_parser(sub)
+    return parser
+
+
+def add_command(subparsers, name: str, module_doc: str | None, **kwargs) -> argparse.ArgumentParser:
+    """Add a sub-command whose help is the first line of ``module_doc`` and description all of it."""
+    doc = (module_doc or "").strip()
+    return subparsers.add_parser(
+        name,
+        help=doc.splitlines()[0] if doc else None,
+        description=doc,
+        formatter_class=HelpFormatter,
+        **kwargs,
+    )
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # third-party chatter stays at warning unless -vv
+    for noisy in ("matplotlib", "numba", "PIL", "fsspec", "asyncio", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code (see STYLE.md for the codes)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except CytoscreenError as err:
+        if os.environ.get("CYTOSCREEN_DEBUG"):
+            traceback.print_exc()
+        logger.error("error: %s", err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+    except Exception:  # a bug: traceback plus a request to report it
+        traceback.print_exc()
+        logger.error(
+            "error: an unexpected error occurred in cytoscreen %s; this is a bug, please report it "
+            "with the traceback above",
+            __version__,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Loading and validating the workflow config and the plate table outside Snakemake.
+
+The schemas in ``workflow/schemas/`` are the single source of defaults; Snakemake's ``validate``
+fills them in for the workflow and :func:`load_config` does the same for direct CLI use, so a
+stage run by hand sees exactly the settings the workflow would give it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from cytoscreen.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_NAMES = ("config", "plates", "platemap")
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict[str, Any]:
+    """Return the parsed ``workflow/schemas/<name>.schema.yaml``."""
+    if name not in SCHEMA_NAMES:
+        raise ValueError(f"unknown schema {name!r}")
+    ref = resources.files("cytoscreen").joinpath("schemas", f"{name}.schema.yaml")
+    return yaml.safe_load(ref.read_text(encoding="utf-8"))
+
+
+def _extend_with_default(validator_class):
+    """A jsonschema validator that fills in ``default`` values (as snakemake.utils.validate does)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    import jsonschema
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate(data: dict[str, Any], schema: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Validate ``data`` in place against ``schema``, filling defaults; raise ConfigError."""
+    import jsonschema
+
+    cls = _extend_with_default(jsonschema.Draft7Validator)
+    errors = sorted(cls(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.path) or "(top level)"
+        raise ConfigError(f"{source}: {where}: {err.message}")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config (or start empty), apply ``overrides`` and the schema defaults."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML ({err})") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the config must be a mapping of keys to values")
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return validate(data, load_schema("config"), source=str(path or "config"))
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_plates(path: str | os.PathLike) -> pd.DataFrame:
+    """Read ``plates.tsv``; relative ``images`` and ``platemap`` paths resolve against its folder.
+
+    Returns a frame indexed by plate with absolute ``images`` and ``platemap`` paths.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: plate table not found; set `plates:` in the config")
+    try:
+        table = pd.read_csv(p, sep="\t", dtype=str, comment="#").fillna("")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{p}: cannot read plate table ({err})") from err
+    schema = load_schema("plates")
+    for i, record in enumerate(table.to_dict(orient="records")):
+        record = {k: v for k, v in record.items() if v != ""}
+        validate(record, schema, source=f"{p} row {i + 2}")
+    if table.empty:
+        raise ConfigError(f"{p}: the plate table lists no plates")
+    dup = table["plate"][table["plate"].duplicated()].tolist()
+    if dup:
+        raise ConfigError(f"{p}: plate(s) listed twice: {', '.join(dup)}")
+    base = p.resolve().parent
+    for col in ("images", "platemap"):
+        table[col] = [str((base / v).resolve()) if v else "" for v in table[col]]
+    if "batch" not in table.columns:
+        table["batch"] = ""
+    table["batch"] = [b or plate for b, plate in zip(table["batch"], table["plate"], strict=True)]
+    return table.set_index("plate", drop=False)
+
+
+def plate_info(config: Mapping[str, Any], plate: str) -> dict[str, str]:
+    """The plate table row of ``plate`` as a dict, or a ConfigError listing the known plates."""
+    table = load_plates(config["plates"])
+    if plate not in table.index:
+        raise ConfigError(
+            f"{config['plates']}: unknown plate {plate!r}; known plates: {', '.join(table.index)}"
+        )
+    return table.loc[plate].to_dict()

@@ -1,0 +1,349 @@
+"""Thin I/O layer: column-name constants, atomic writes with provenance, table and image readers.
+
+Library functions elsewhere take and return DataFrames or arrays; this module is where files are
+read and written.  Every output is written to a temporary file in the destination folder and then
+renamed, so an interrupted run never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cytoscreen import __version__
+from cytoscreen.errors import ConfigError, InputDataError
+
+logger = logging.getLogger(__name__)
+
+# --- column names -----------------------------------------------------------------------------
+METADATA_PREFIX = "Metadata_"
+QC_PREFIX = "QC_"
+
+PLATE = "Metadata_Plate"
+WELL = "Metadata_Well"
+ROW = "Metadata_Row"
+COL = "Metadata_Col"
+SITE = "Metadata_Site"
+CHANNEL = "Metadata_Channel"
+BATCH = "Metadata_Batch"
+PERTURBATION = "Metadata_perturbation"
+CONCENTRATION = "Metadata_concentration"
+PERT_TYPE = "Metadata_pert_type"
+MOA = "Metadata_moa"
+N_SITES = "Metadata_n_sites"
+PATH = "path"
+FRAME = "frame"
+
+NOVELTY_SCORE = "Metadata_Novelty_Score"
+NOVELTY_PVALUE = "Metadata_Novelty_PValue"
+NOVELTY_QVALUE = "Metadata_Novelty_QValue"
+NOVELTY_HIT = "Metadata_Novelty_Hit"
+
+PERT_TYPES = ("trt", "negcon", "poscon", "empty")
+SITE_KEYS = (PLATE, WELL, SITE)
+WELL_KEYS = (PLATE, WELL)
+
+PROVENANCE_KEY = b"cytoscreen"
+
+
+def metadata_columns(df: pd.DataFrame) -> list[str]:
+    """Columns starting with ``Metadata_``, in table order."""
+    return [c for c in df.columns if str(c).startswith(METADATA_PREFIX)]
+
+
+def qc_columns(df: pd.DataFrame) -> list[str]:
+    """Columns starting with ``QC_``, in table order."""
+    return [c for c in df.columns if str(c).startswith(QC_PREFIX)]
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """Feature columns: every column not starting with ``Metadata_`` or ``QC_``.
+
+    This is the only definition of features in cytoscreen (DESIGN.md §3); the bookkeeping columns
+    ``path`` and ``frame`` of ``images.parquet`` are not features but that table has none anyway.
+    """
+    return [
+        c
+        for c in df.columns
+        if not str(c).startswith(METADATA_PREFIX) and not str(c).startswith(QC_PREFIX)
+    ]
+
+
+def check_numeric_features(df: pd.DataFrame, features: Sequence[str], *, source: str = "table") -> None:
+    """Raise :class:`InputDataError` if any feature column is not numeric."""
+    bad = [c for c in features if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        raise InputDataError(
+            f"{source}: {len(bad)} feature column(s) are not numeric ({shown}); feature columns are "
+            f"every column not starting with Metadata_ or QC_, so rename metadata columns with the "
+            f"Metadata_ prefix"
+        )
+
+
+# --- well names ---------------------------------------------------------------------------------
+_WELL_RE = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*(\d{1,3})\s*$")
+
+
+def row_letters_to_index(letters: str) -> int:
+    """``A`` -> 0, ``P`` -> 15, ``AF`` -> 31 (1536-well plates)."""
+    letters = letters.upper()
+    idx = 0
+    for ch in letters:
+        idx = idx * 26 + (ord(ch) - ord("A") + 1)
+    return idx - 1
+
+
+def row_index_to_letters(index: int) -> str:
+    """0 -> ``A``, 25 -> ``Z``, 26 -> ``AA``."""
+    out = ""
+    n = index + 1
+    while n:
+        n, rem = divmod(n - 1, 26)
+        out = chr(ord("A") + rem) + out
+    return out
+
+
+def normalize_well(name: Any) -> str:
+    """Normalize a well name to letter(s) + two-digit column: ``a1`` / ``A1`` / ``A001`` -> ``A01``.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a well name.
+    """
+    m = _WELL_RE.match(str(name))
+    if not m or int(m.group(2)) == 0:
+        raise ValueError(f"not a well name: {name!r}")
+    return f"{m.group(1).upper()}{int(m.group(2)):02d}"
+
+
+def well_from_row_col(row: int, col: int) -> str:
+    """Zero-based row and one-based column -> well name (``0, 1`` -> ``A01``)."""
+    return f"{row_index_to_letters(row)}{col:02d}"
+
+
+def split_well(well: str) -> tuple[int, int]:
+    """``A01`` -> (0, 1): zero-based row, one-based column."""
+    m = _WELL_RE.match(well)
+    if not m:
+        raise ValueError(f"not a well name: {well!r}")
+    return row_letters_to_index(m.group(1)), int(m.group(2))
+
+
+PLATE_SHAPES = {6: (2, 3), 12: (3, 4), 24: (4, 6), 48: (6, 8), 96: (8, 12), 384: (16, 24), 1536: (32, 48)}
+
+
+# --- provenance ---------------------------------------------------------------------------------
+def config_hash(config: Mapping[str, Any] | None) -> str | None:
+    """Short SHA-256 of a config mapping (sorted JSON), or None."""
+    if config is None:
+        return None
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(stage: str, **extra: Any) -> dict[str, Any]:
+    """Provenance record stored in every output's metadata."""
+    record: dict[str, Any] = {
+        "cytoscreen_version": __version__,
+        "stage": stage,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    record.update({k: v for k, v in extra.items() if v is not None})
+    return record
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_parquet(
+    df: pd.DataFrame, path: str | os.PathLike, *, provenance: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``df`` to Parquet atomically, with ``provenance`` in the file's key-value metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if provenance is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[PROVENANCE_KEY] = json.dumps(dict(provenance), default=str).encode()
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    logger.debug("wrote %s (%d rows x %d columns)", path, len(df), df.shape[1])
+    return Path(path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write JSON atomically (indented, NaN written as null)."""
+    return write_text(json.dumps(_json_safe(obj), indent=2, default=str) + "\n", path)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write a table by extension: ``.parquet`` (with provenance), ``.csv``, ``.tsv``."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        return write_parquet(df, path, **kwargs)
+    if suffix in (".csv", ".tsv", ".txt"):
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, sep="," if suffix == ".csv" else "\t", index=False)
+        return Path(path)
+    raise ConfigError(f"{path}: unknown table format {suffix!r}; use .parquet, .csv or .tsv")
+
+
+# --- readers ------------------------------------------------------------------------------------
+def read_table(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a Parquet, CSV or TSV table (gzip allowed) with one clear error if it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"{path}: file not found")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet") or name.endswith(".pq"):
+            return pd.read_parquet(path, columns=list(columns) if columns else None)
+        sep = "\t" if (".tsv" in name or ".txt" in name) else ","
+        df = pd.read_csv(path, sep=sep, usecols=list(columns) if columns else None)
+        return df
+    except (OSError, ValueError) as err:
+        raise InputDataError(f"{path}: cannot read table ({err})") from err
+
+
+def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance record of a Parquet file written by :func:`write_parquet` (empty if none)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(PROVENANCE_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def is_zarr_array(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a Zarr array folder (v3 ``zarr.json`` or v2 ``.zarray``)."""
+    p = Path(path)
+    if (p / ".zarray").exists():
+        return True
+    meta = p / "zarr.json"
+    if meta.exists():
+        try:
+            return json.loads(meta.read_text()).get("node_type") == "array"
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def read_image(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
+    """Read one 2-D image plane.
+
+    Parameters
+    ----------
+    path
+        A TIFF or PNG file, or a Zarr array folder (e.g. ``images.zarr/images``).
+    frame
+        For a TIFF: the page (plane) index, ``-1`` for a single-plane file.  For a Zarr array of
+        shape ``(..., y, x)``: the flat index over the leading dimensions (for ``(site, channel, y,
+        x)`` it is ``site * n_channels + channel``).
+
+    Raises
+    ------
+    InputDataError
+        When the file is missing, unreadable, truncated, or the plane is not 2-D.
+    """
+    p = Path(path)
+    try:
+        if is_zarr_array(p):
+            import zarr
+
+            arr = zarr.open_array(str(p), mode="r")
+            lead = arr.shape[:-2]
+            idx = np.unravel_index(max(frame, 0), lead) if lead else ()
+            img = np.asarray(arr[tuple(int(i) for i in idx)])
+        elif p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                if frame >= 0:
+                    img = tif.pages[frame].asarray()
+                else:
+                    img = tif.asarray()
+        elif p.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            import matplotlib.image as mpimg
+
+            img = mpimg.imread(p)
+            if img.ndim == 3:
+                img = img[..., :3].mean(axis=-1)
+        else:
+            raise InputDataError(f"{p}: unknown image format {p.suffix!r}")
+    except InputDataError:
+        raise
+    except Exception as err:  # tifffile/zarr raise many types for corrupt files
+        raise InputDataError(f"{p}: cannot read image ({type(err).__name__}: {err})") from err
+    img = np.squeeze(img)
+    if img.ndim != 2:
+        raise InputDataError(
+            f"{p}: expected a 2-D image plane, got shape {img.shape}; multi-channel TIFFs need a "
+            f"layout without a channel group so each page is read as one channel"
+        )
+    return img
+
+
+def image_dtype_max(img: np.ndarray) -> float:
+    """Full-scale value of an image's dtype (255 for uint8, 65535 for uint16, 1.0 for float)."""
+    if np.issubdtype(img.dtype, np.integer):
+        return float(np.iinfo(img.dtype).max)
+    return 1.0
