@@ -130,3 +130,28 @@ def plate_info(config: Mapping[str, Any], plate: str) -> dict[str, str]:
             f"{config['plates']}: unknown plate {plate!r}; known plates: {', '.join(table.index)}"
         )
     return table.loc[plate].to_dict()
+
+
+def write_resolved_config(config: Mapping[str, Any], path: str | os.PathLike) -> str:
+    """Write the validated config (defaults filled in) to ``path`` if its content changed.
+
+    The workflow passes this file to every ``cytoscreen`` call, so a stage run by Snakemake sees
+    exactly the settings Snakemake validated, including ``--config key=value`` overrides.  The file
+    is rewritten only when its content differs, so its modification time does not trigger reruns.
+    """
+    from cytoscreen.io import write_text
+
+    text = yaml.safe_dump(_plain(config), sort_keys=True)
+    p = Path(path)
+    if not p.exists() or p.read_text(encoding="utf-8") != text:
+        write_text(text, p)
+    return str(p)
+
+
+def _plain(obj: Any) -> Any:
+    """Snakemake's config is a dict subclass with wrapped values; make it plain for YAML."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj

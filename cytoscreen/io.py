@@ -347,3 +347,20 @@ def image_dtype_max(img: np.ndarray) -> float:
     if np.issubdtype(img.dtype, np.integer):
         return float(np.iinfo(img.dtype).max)
     return 1.0
+
+
+# --- MoA stage (moa.parquet: one row per treatment, every column Metadata_*) ---------------------
+TREATMENT = "Metadata_Treatment"
+CLUSTER = "Metadata_Cluster"
+UMAP_1 = "Metadata_UMAP_1"
+UMAP_2 = "Metadata_UMAP_2"
+
+
+def neighbor_column(rank: int) -> str:
+    """Name of the ``rank``-th (1-based) nearest-neighbour treatment column of moa.parquet."""
+    return f"Metadata_Neighbor_{rank}"
+
+
+def neighbor_similarity_column(rank: int) -> str:
+    """Name of the cosine similarity column of the ``rank``-th nearest neighbour in moa.parquet."""
+    return f"Metadata_Neighbor_{rank}_Similarity"

@@ -1,0 +1,160 @@
+"""Cosine similarity, nearest neighbours and median treatment profiles.
+
+Profiles are compared by cosine similarity throughout the MoA stage (DESIGN.md §4), as in Ljosa et
+al. 2013 and the JUMP/copairs evaluations.  A profile whose features are all zero has no direction;
+its similarity to every other profile is defined as 0 rather than NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cytoscreen import io
+from cytoscreen.errors import InputDataError
+
+logger = logging.getLogger(__name__)
+
+
+def feature_matrix(
+    profiles: pd.DataFrame, features: Sequence[str] | None = None, *, source: str = "profiles"
+) -> tuple[np.ndarray, list[str]]:
+    """The float64 feature matrix of ``profiles`` and its column names.
+
+    Raises
+    ------
+    InputDataError
+        When there are no feature columns, a feature is not numeric or a value is NaN/infinite.
+    """
+    cols = list(features) if features is not None else io.feature_columns(profiles)
+    if not cols:
+        raise InputDataError(
+            f"{source}: no feature columns (features are the columns not starting with Metadata_ or "
+            f"QC_)"
+        )
+    missing = [c for c in cols if c not in profiles.columns]
+    if missing:
+        raise InputDataError(f"{source}: feature column(s) missing: {', '.join(missing[:5])}")
+    io.check_numeric_features(profiles, cols, source=source)
+    x = profiles[cols].to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        n_cols = int(bad.any(axis=0).sum())
+        raise InputDataError(
+            f"{source}: {int(bad.sum())} NaN or infinite feature value(s) in {n_cols} column(s) "
+            f"(e.g. {cols[int(np.flatnonzero(bad.any(axis=0))[0])]}); drop or impute them first, "
+            f"e.g. with the profiles stage's feature selection"
+        )
+    return x, cols
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean norm; all-zero rows stay zero."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x, dtype=np.float64), where=norm > 0)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity between the rows of ``a`` and the rows of ``b`` (default: ``a``).
+
+    Values are clipped to [-1, 1]; a zero row has similarity 0 to everything.
+    """
+    ua = unit_rows(np.asarray(a, dtype=np.float64))
+    ub = ua if b is None else unit_rows(np.asarray(b, dtype=np.float64))
+    return np.clip(ua @ ub.T, -1.0, 1.0)
+
+
+def nearest_neighbors(
+    profiles: pd.DataFrame,
+    *,
+    labels: Sequence[str],
+    features: Sequence[str] | None = None,
+    k: int = 5,
+) -> pd.DataFrame:
+    """The ``k`` most cosine-similar other rows of every row.
+
+    Parameters
+    ----------
+    profiles
+        One row per treatment.
+    labels
+        A name per row, written into the neighbour columns.
+    k
+        Neighbours per row; fewer when the table has fewer other rows (missing ranks are empty).
+
+    Returns
+    -------
+    DataFrame
+        Same index as ``profiles``; columns ``Metadata_Neighbor_<i>`` (label) and
+        ``Metadata_Neighbor_<i>_Similarity`` (float) for i = 1..k, most similar first.
+    """
+    if len(labels) != len(profiles):
+        raise ValueError("labels must have one entry per profile")
+    x, _ = feature_matrix(profiles, features)
+    n = len(profiles)
+    sim = cosine_similarity(x)
+    np.fill_diagonal(sim, -np.inf)
+    k_eff = max(0, min(k, n - 1))
+    # stable sort on -similarity: equal similarities keep table order
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k_eff]
+    names = np.asarray(list(labels), dtype=object)
+    out: dict[str, object] = {}
+    for rank in range(1, k + 1):
+        if rank <= k_eff:
+            idx = order[:, rank - 1]
+            out[io.neighbor_column(rank)] = names[idx]
+            out[io.neighbor_similarity_column(rank)] = sim[np.arange(n), idx]
+        else:
+            out[io.neighbor_column(rank)] = np.full(n, None, dtype=object)
+            out[io.neighbor_similarity_column(rank)] = np.full(n, np.nan)
+    return pd.DataFrame(out, index=profiles.index)
+
+
+def treatment_profiles(
+    wells: pd.DataFrame,
+    *,
+    by: Sequence[str],
+    features: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Median profile of the wells of each treatment.
+
+    Parameters
+    ----------
+    wells
+        Well-level profiles.
+    by
+        Columns that define a treatment, e.g. ``("Metadata_perturbation",
+        "Metadata_concentration")``; missing values form their own group.
+
+    Returns
+    -------
+    DataFrame
+        One row per treatment in order of first appearance: the ``by`` columns, every other
+        ``Metadata_*`` column that is constant within all treatments, ``Metadata_n_wells`` and the
+        median features.
+    """
+    by = list(by)
+    missing = [c for c in by if c not in wells.columns]
+    if missing:
+        raise InputDataError(f"wells: treatment column(s) missing: {', '.join(missing)}")
+    x, cols = feature_matrix(wells, features, source="wells")
+    keys = wells[by].reset_index(drop=True)
+    codes = keys.groupby(by, dropna=False, sort=False).ngroup().to_numpy()
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    first = np.zeros(n_groups, dtype=np.int64)
+    # first row of every group, in order of first appearance
+    seen = pd.Series(np.arange(len(codes))).groupby(codes).min()
+    first[seen.index.to_numpy()] = seen.to_numpy()
+    med = pd.DataFrame(x, columns=cols).groupby(codes, sort=True).median()
+    meta_cols = [c for c in io.metadata_columns(wells) if c not in by]
+    constant = []
+    if meta_cols:
+        nun = wells[meta_cols].reset_index(drop=True).groupby(codes).nunique(dropna=False)
+        constant = [c for c in meta_cols if (nun[c] <= 1).all()]
+    out = wells[by + constant].iloc[first].reset_index(drop=True)
+    out["Metadata_n_wells"] = np.bincount(codes, minlength=n_groups)
+    feats = med.reset_index(drop=True)
+    return pd.concat([out, feats], axis=1)

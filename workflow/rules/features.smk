@@ -1,0 +1,1 @@
+# features stage: rules are added by its issue.

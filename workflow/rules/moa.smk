@@ -1,0 +1,1 @@
+# moa stage: rules are added by its issue.

@@ -1,0 +1,1 @@
+# novelty stage: rules are added by its issue.

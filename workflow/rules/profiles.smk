@@ -1,0 +1,1 @@
+# profiles stage: rules are added by its issue.

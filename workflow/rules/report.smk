@@ -1,0 +1,1 @@
+# report stage: rules are added by its issue.

@@ -1,0 +1,1 @@
+# segment stage: rules are added by its issue.
