@@ -11,7 +11,7 @@ import copy
 import logging
 import os
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_NAMES = ("config", "plates", "platemap")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     """Return the parsed ``workflow/schemas/<name>.schema.yaml``."""
     if name not in SCHEMA_NAMES:

@@ -317,8 +317,10 @@ def read_image(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
             import tifffile
 
             with tifffile.TiffFile(p) as tif:
-                if frame >= 0:
+                if frame >= 0 and len(tif.pages) > 1:
                     img = tif.pages[frame].asarray()
+                elif frame >= 0:  # one page holding several samples (planar or interleaved)
+                    img = _sample_plane(np.squeeze(tif.pages[0].asarray()), frame)
                 else:
                     img = tif.asarray()
         elif p.suffix.lower() in (".png", ".jpg", ".jpeg"):
@@ -334,12 +336,37 @@ def read_image(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
     except Exception as err:  # tifffile/zarr raise many types for corrupt files
         raise InputDataError(f"{p}: cannot read image ({type(err).__name__}: {err})") from err
     img = np.squeeze(img)
+    if img.size == 0:
+        raise InputDataError(f"{p}: cannot read image (no pixel data; the file is truncated or corrupt)")
     if img.ndim != 2:
         raise InputDataError(
             f"{p}: expected a 2-D image plane, got shape {img.shape}; multi-channel TIFFs need a "
             f"layout without a channel group so each page is read as one channel"
         )
     return img
+
+
+def _sample_plane(arr: np.ndarray, index: int) -> np.ndarray:
+    """Plane ``index`` of a (C, y, x) or (y, x, C) array from a single multi-sample TIFF page."""
+    if arr.ndim == 2 and index == 0:
+        return arr
+    if arr.ndim != 3:
+        raise InputDataError(f"cannot take channel {index} of an image of shape {arr.shape}")
+    axis = 0 if arr.shape[0] <= arr.shape[-1] else arr.ndim - 1
+    if index >= arr.shape[axis]:
+        raise InputDataError(f"channel {index} requested but the image has {arr.shape[axis]} channels")
+    return np.take(arr, index, axis=axis)
+
+
+def tiff_channel_count(path: str | os.PathLike) -> int:
+    """Number of channel planes of a TIFF: its pages, or the samples of a single page."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if len(tif.pages) > 1:
+            return len(tif.pages)
+        shape = np.squeeze(np.empty(tif.pages[0].shape, dtype=np.uint8)).shape
+        return 1 if len(shape) == 2 else min(shape[0], shape[-1])
 
 
 def image_dtype_max(img: np.ndarray) -> float:
@@ -364,3 +391,8 @@ def neighbor_column(rank: int) -> str:
 def neighbor_similarity_column(rank: int) -> str:
     """Name of the cosine similarity column of the ``rank``-th nearest neighbour in moa.parquet."""
     return f"Metadata_Neighbor_{rank}_Similarity"
+
+# --- added by the novelty stage -----------------------------------------------------------------
+#: Which control-well set a well was in when the novelty model was trained: train, val,
+#: calibration, or none (not a control well of the split).
+NOVELTY_SPLIT = "Metadata_Novelty_Split"

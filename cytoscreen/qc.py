@@ -11,8 +11,8 @@ features):
 
 Flags (bool ``QC_*``) are robust outliers within the plate, median and MAD over readable sites:
 ``QC_blurry`` (median over channels of the log-focus z < -blur_z), ``QC_saturated`` (saturated fraction above
-``saturation_fraction`` and z > saturation_z in any channel), ``QC_empty`` (log contrast z < -empty_z
-in every channel) and ``QC_unreadable`` (any channel could not be decoded; recorded, not raised).
+``saturation_fraction`` and z > saturation_z in any channel), ``QC_empty`` (median over channels of the
+log-contrast z < -empty_z) and ``QC_unreadable`` (any channel could not be decoded; recorded, not raised).
 Images are read in batches of sites, so memory is bounded by a batch, never a plate.
 """
 
@@ -68,7 +68,8 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     if not np.isfinite(mad) or mad == 0:
         mad = 1.2533 * np.nanmean(np.abs(v - med))  # sqrt(pi/2) * mean abs dev = sigma for a normal
     if not np.isfinite(mad) or mad == 0:
-        return np.where(v == med, 0.0, np.sign(v - med) * np.inf)
+        with np.errstate(invalid="ignore"):
+            return np.where(v == med, 0.0, np.sign(v - med) * np.inf)
     return (v - med) / mad
 
 
@@ -125,8 +126,16 @@ def measure(images: pd.DataFrame, *, batch_size: int = 16, threads: int = 2) -> 
     return pd.DataFrame(rows)
 
 
+def _median_over_channels(z: list[np.ndarray]) -> np.ndarray:
+    stacked = np.vstack(z)
+    out = np.full(stacked.shape[1], np.nan)
+    ok = np.isfinite(stacked).any(axis=0)
+    out[ok] = np.nanmedian(stacked[:, ok], axis=0)
+    return out
+
+
 def flag(metrics: pd.DataFrame, *, channels: Sequence[str], blur_z: float = 3.5,
-         saturation_fraction: float = 0.002, saturation_z: float = 3.5, empty_z: float = 5.0,
+         saturation_fraction: float = 0.002, saturation_z: float = 3.5, empty_z: float = 4.0,
          min_sites_for_outliers: int = 8) -> pd.DataFrame:
     """Add the robust per-plate flags to a per-site metrics table (returns a new frame)."""
     out = metrics.copy()
@@ -141,7 +150,7 @@ def flag(metrics: pd.DataFrame, *, channels: Sequence[str], blur_z: float = 3.5,
             continue
         focus_z = []
         saturated = np.zeros(len(plate), bool)
-        empty = np.ones(len(plate), bool)
+        contrast_z = []
         for ch in channels:
             focus = np.log(np.clip(plate[metric_column(ch, "FocusScore")].to_numpy(float), 1e-12, None))
             z = np.full(len(plate), np.nan)
@@ -154,11 +163,12 @@ def flag(metrics: pd.DataFrame, *, channels: Sequence[str], blur_z: float = 3.5,
             contrast = np.log(np.clip(plate[metric_column(ch, "Contrast")].to_numpy(float), 1e-12, None))
             zc = np.full(len(plate), np.nan)
             zc[readable] = robust_z(contrast[readable])
-            empty &= zc < -empty_z
+            contrast_z.append(zc)
         # defocus blurs every channel, a phenotype changes the texture of one or two: use the median
-        blurry = np.nanmedian(np.vstack(focus_z), axis=0) < -blur_z if readable.any() else readable
+        blurry = _median_over_channels(focus_z) < -blur_z
         out.loc[idx, "QC_blurry"] = blurry & readable
         out.loc[idx, "QC_saturated"] = saturated & readable
+        empty = _median_over_channels(contrast_z) < -empty_z
         out.loc[idx, "QC_empty"] = empty & readable
     for f in FLAGS:
         out[f] = out[f].astype(bool)

@@ -262,7 +262,10 @@ def synth_screen(
         gain = float(np.exp(rng_plate.normal(0, settings.plate_gain_sd)))
         background = float(max(settings.background + rng_plate.normal(0, settings.plate_background_sd), 50))
         layout = plate_layout(wells, p, seed, settings)
-        trt_idx = np.flatnonzero(layout["pert_type"].to_numpy() == "trt")
+        # QC failures go to treatment wells with a normal cell density, so a blurred site still
+        # has cells to blur (a near-empty field looks sharp: its contrast is camera noise)
+        dense = np.array([ph.count >= 0.7 for ph in layout["phenotype"]])
+        trt_idx = np.flatnonzero((layout["pert_type"].to_numpy() == "trt") & dense)
         picks = rng_plate.choice(len(trt_idx) * sites, settings.n_blurred + settings.n_saturated, replace=False)
         blurred = {(int(trt_idx[k // sites]), int(k % sites + 1)) for k in picks[: settings.n_blurred]}
         saturated = {(int(trt_idx[k // sites]), int(k % sites + 1)) for k in picks[settings.n_blurred :]}

@@ -151,13 +151,10 @@ def _select_plate(df: pd.DataFrame, plate: str, root: Path) -> pd.DataFrame:
 
 def _expand_pages(df: pd.DataFrame, channels: Mapping[str, str]) -> pd.DataFrame:
     """Multi-channel TIFFs: one row per page, channel named by the page index mapping."""
-    import tifffile
-
     rows = []
     for rec in df.to_dict(orient="records"):
         try:
-            with tifffile.TiffFile(rec["path"]) as tif:
-                n = len(tif.pages)
+            n = io.tiff_channel_count(rec["path"])
         except Exception as err:  # noqa: BLE001 - any decoder error is bad input here
             raise InputDataError(f"{rec['path']}: cannot read TIFF header ({err})") from err
         for page in range(n):
@@ -169,7 +166,7 @@ def _index_zarr(root: Path, plate: str, channels: Mapping[str, str]) -> pd.DataF
     """A Zarr array (site, channel, y, x) with sites.csv (Well, Site[, Plate]) and channels.csv."""
     store = root
     if not io.is_zarr_array(store):
-        candidates = [p for p in sorted(root.glob("*.zarr")) if p.is_dir()] if root.suffix != ".zarr" else [root]
+        candidates = [root] if root.suffix == ".zarr" else [p for p in sorted(root.glob("*.zarr")) if p.is_dir()]
         arrays = [a for c in candidates for a in [c, *sorted(c.iterdir())] if a.is_dir() and io.is_zarr_array(a)]
         if len(arrays) != 1:
             raise InputDataError(f"{root}: expected one Zarr array of shape (site, channel, y, x), "
@@ -189,7 +186,8 @@ def _index_zarr(root: Path, plate: str, channels: Mapping[str, str]) -> pd.DataF
         raise InputDataError(f"{store}: Zarr array has shape {shape}, expected (site, channel, y, x)")
     sites = pd.read_csv(meta_dir / "sites.csv")
     chans = pd.read_csv(meta_dir / "channels.csv")
-    for table, need, name in ((sites, {"idx", "Well", "Site"}, "sites.csv"), (chans, {"idx", "channel"}, "channels.csv")):
+    checks = ((sites, {"idx", "Well", "Site"}, "sites.csv"), (chans, {"idx", "channel"}, "channels.csv"))
+    for table, need, name in checks:
         if not need <= set(table.columns):
             raise InputDataError(f"{meta_dir / name}: needs columns {', '.join(sorted(need))}")
     if len(chans) != shape[1] or sites["idx"].max() >= shape[0]:

@@ -21,7 +21,7 @@ _EXT = r"\.(?i:tiff?|png)$"
 BUILTIN_LAYOUTS: dict[str, str] = {
     # MetaXpress / ImageXpress: <plate>_<well>_s<site>_w<channel>[<GUID>].tif; site optional
     "imagexpress": (
-        r"(?:^|/)(?:(?P<plate>[^/]*?)_)?(?P<well>[A-Za-z]{1,2}\d{1,3})(?:_s(?P<site>\d+))?"
+        r"(?:^|/)(?:(?P<plate>[^/]*?)_)?(?P<well>[A-Z]{1,2}\d{1,3})(?:_s(?P<site>\d+))?"
         r"_(?P<channel>w\d+)[^/]*?" + _EXT
     ),
     # Opera Phenix / Operetta (Harmony export): r02c03f01p01-ch1sk1fk1fl1.tiff

@@ -40,7 +40,9 @@ def read_platemap(path: str | Path) -> pd.DataFrame:
             try:
                 rec["concentration"] = float(rec["concentration"])
             except ValueError as err:
-                raise ConfigError(f"{path} line {i + 2}: concentration {rec['concentration']!r} is not a number") from err
+                raise ConfigError(
+                    f"{path} line {i + 2}: concentration {rec['concentration']!r} is not a number"
+                ) from err
         validate(rec, schema, source=f"{path} line {i + 2}")
     pm["well"] = [io.normalize_well(w) for w in pm["well"]]
     dup = pm["well"][pm["well"].duplicated()].unique().tolist()

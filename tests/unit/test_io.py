@@ -1,0 +1,79 @@
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from cytoscreen import io
+from cytoscreen.errors import InputDataError
+
+
+@pytest.mark.parametrize("raw,expected", [("A1", "A01"), ("a01", "A01"), ("A001", "A01"), ("P24", "P24"),
+                                          (" h12 ", "H12"), ("AF48", "AF48")])
+def test_normalize_well(raw, expected):
+    assert io.normalize_well(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "A", "1A", "A0", "A-1", "A1234"])
+def test_normalize_well_rejects(raw):
+    with pytest.raises(ValueError):
+        io.normalize_well(raw)
+
+
+def test_split_and_build_wells_roundtrip():
+    for r in range(16):
+        for c in range(1, 25):
+            assert io.split_well(io.well_from_row_col(r, c)) == (r, c)
+    assert io.well_from_row_col(15, 24) == "P24"
+    assert io.row_index_to_letters(26) == "AA" and io.row_letters_to_index("AA") == 26
+
+
+def test_feature_columns_are_everything_but_metadata_and_qc():
+    df = pd.DataFrame(columns=["Metadata_Plate", "QC_blurry", "DNA_x_0000", "area", "Metadata_moa"])
+    assert io.feature_columns(df) == ["DNA_x_0000", "area"]
+    assert io.metadata_columns(df) == ["Metadata_Plate", "Metadata_moa"]
+    assert io.qc_columns(df) == ["QC_blurry"]
+
+
+def test_write_parquet_is_atomic_and_keeps_provenance(tmp_path):
+    df = pd.DataFrame({"Metadata_Plate": ["P1"], "f": np.array([1.5], np.float32)})
+    path = io.write_parquet(df, tmp_path / "out" / "t.parquet", provenance=io.provenance("test", plate="P1"))
+    back = pd.read_parquet(path)
+    assert back["f"].dtype == np.float32 and back["f"].iloc[0] == 1.5
+    prov = io.read_provenance(path)
+    assert prov["stage"] == "test" and prov["plate"] == "P1" and "cytoscreen_version" in prov
+    assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.parquet"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_image_tiff_pages_and_errors(tmp_path):
+    stack = np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8)
+    tifffile.imwrite(tmp_path / "multi.tif", stack)
+    assert np.array_equal(io.read_image(tmp_path / "multi.tif", 2), stack[2])
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(InputDataError, match="bad.tif: cannot read image"):
+        io.read_image(tmp_path / "bad.tif")
+    with pytest.raises(InputDataError, match="expected a 2-D image"):
+        io.read_image(tmp_path / "multi.tif")
+
+
+def test_read_image_zarr_flat_index():
+    from tests.conftest import DATA
+
+    arr = DATA / "jump_rab30_mini" / "images.zarr" / "images"
+    dna_site0 = io.read_image(arr, 0 * 5 + 1)
+    assert dna_site0.shape == (384, 384) and dna_site0.dtype == np.uint16
+    assert abs(dna_site0.mean() - 2140) < 5  # SOURCE.md: site 0 DNA mean 2140
+    assert io.read_image(arr, 1 * 5 + 1).mean() < 300  # site 1 is about 10x dimmer
+
+
+def test_write_json_replaces_nan(tmp_path):
+    io.write_json({"a": float("nan"), "b": np.float32(2.0), "c": [1, np.int64(2)]}, tmp_path / "x.json")
+    assert (tmp_path / "x.json").read_text().replace(" ", "").replace("\n", "") == '{"a":null,"b":2.0,"c":[1,2]}'

@@ -1,0 +1,83 @@
+"""QC metrics and flags: exactly the synthetic blurred/saturated sites are flagged."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytoscreen import io
+from cytoscreen.cli import main
+from cytoscreen.config import load_config
+from cytoscreen.ingest.index import ingest_plate
+from cytoscreen.qc import failed, image_metrics, robust_z, run_qc
+
+
+@pytest.fixture()
+def plate_images(tiny_plate):
+    config = load_config(tiny_plate / "config.yaml")
+    return config, ingest_plate(config, "SYN001")
+
+
+def test_flags_match_synthetic_truth(plate_images, tiny_plate):
+    config, images = plate_images
+    qc = run_qc(images, config["qc"])
+    truth = pd.read_csv(tiny_plate / "truth" / "SYN001.tsv", sep="\t")
+    truth["well"] = truth["well"].map(io.normalize_well)
+    merged = qc.merge(truth, left_on=[io.WELL, io.SITE], right_on=["well", "site"], validate="1:1")
+    assert len(merged) == 96 and truth["blurred"].sum() == 2 and truth["saturated"].sum() == 1
+    assert merged["QC_blurry"].tolist() == merged["blurred"].tolist()
+    assert merged["QC_saturated"].tolist() == merged["saturated"].tolist()
+    assert not merged["QC_empty"].any() and not merged["QC_unreadable"].any()
+    assert failed(qc).sum() == 3
+    # metrics are per channel, under Metadata_ so they never count as features
+    assert io.feature_columns(qc) == []
+    assert {"Metadata_DNA_FocusScore", "Metadata_Actin_SaturationFraction"} <= set(qc.columns)
+
+
+def test_empty_and_corrupt_sites_are_flagged_not_raised(plate_images, tmp_path):
+    config, images = plate_images
+    images = images.copy()
+    # well A05 site 1: all channels a flat field without cells; well A06: a truncated TIFF
+    flat = np.random.default_rng(0).normal(300, 40, (128, 128)).clip(0).astype(np.uint16)
+    import tifffile
+
+    for ch in images.loc[images[io.WELL] == "A05", io.CHANNEL]:
+        new = tmp_path / f"flat_{ch}.tif"
+        tifffile.imwrite(new, flat)
+        images.loc[(images[io.WELL] == "A05") & (images[io.CHANNEL] == ch), io.PATH] = str(new)
+    bad = tmp_path / "truncated.tif"
+    src = images.loc[(images[io.WELL] == "A06") & (images[io.CHANNEL] == "DNA"), io.PATH].iloc[0]
+    bad.write_bytes(open(src, "rb").read()[:300])
+    images.loc[(images[io.WELL] == "A06") & (images[io.CHANNEL] == "DNA"), io.PATH] = str(bad)
+    qc = run_qc(images, config["qc"]).set_index(io.WELL)
+    assert qc.loc["A05", "QC_empty"] and not qc.drop(index="A05")["QC_empty"].any()
+    assert qc.loc["A06", "QC_unreadable"] and qc["QC_unreadable"].sum() == 1
+    assert np.isnan(qc.loc["A06", "Metadata_DNA_FocusScore"])
+    assert np.isfinite(qc.loc["A06", "Metadata_Actin_FocusScore"])  # other channels still measured
+
+
+def test_image_metrics_values():
+    img = np.zeros((10, 10), np.uint16)
+    img[:2] = 65535
+    m = image_metrics(img)
+    assert m["SaturationFraction"] == pytest.approx(0.2)
+    assert m["MeanIntensity"] == pytest.approx(0.2 * 65535)
+    flat = image_metrics(np.full((10, 10), 7, np.uint8))
+    assert np.isnan(flat["FocusScore"]) and flat["Contrast"] == pytest.approx(1.0)
+    f = image_metrics(np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    assert f["SaturationFraction"] == 0.0 and f["FocusScore"] > 1
+
+
+def test_robust_z():
+    z = robust_z(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
+    assert z[2] == 0 and z[-1] > 30
+    assert np.allclose(robust_z(np.array([5.0, 5.0, 5.0])), 0)
+
+
+def test_qc_cli(plate_images, tmp_path, capsys):
+    config, images = plate_images
+    io.write_parquet(images, tmp_path / "images.parquet")
+    rc = main(["qc", str(tmp_path / "images.parquet"), str(tmp_path / "qc.parquet")])
+    assert rc == 0
+    qc = pd.read_parquet(tmp_path / "qc.parquet")
+    assert len(qc) == 96 and qc["QC_blurry"].dtype == bool
+    assert "flagged 2 QC_blurry, 1 QC_saturated" in capsys.readouterr().err
