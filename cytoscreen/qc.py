@@ -49,7 +49,7 @@ def image_metrics(img: np.ndarray) -> dict[str, float]:
     lap = (-4.0 * x[1:-1, 1:-1] + x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:])
     var = float(x.var())
     focus = float(lap.var() / var) if var > 0 and min(x.shape) > 2 else np.nan
-    median, p999 = (float(v) for v in np.percentile(x, [50.0, 99.9]))
+    median, p999 = _percentiles(img, (50.0, 99.9))
     return {
         "FocusScore": focus,
         "SaturationFraction": float(np.count_nonzero(img >= full) / img.size),
@@ -58,6 +58,22 @@ def image_metrics(img: np.ndarray) -> dict[str, float]:
         "P999Intensity": p999,
         "Contrast": p999 / max(median, 1e-6 * full, 1e-12),
     }
+
+
+def _percentiles(img: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """numpy's default (linear) percentiles; for 8/16-bit images from a histogram, ~10x faster."""
+    if img.dtype not in (np.uint8, np.uint16):
+        return [float(v) for v in np.percentile(img, qs)]
+    cdf = np.cumsum(np.bincount(img.ravel(), minlength=256))
+    n = img.size
+    out = []
+    for q in qs:
+        h = (n - 1) * q / 100.0
+        lo = int(np.floor(h))
+        v_lo = np.searchsorted(cdf, lo, side="right")
+        v_hi = np.searchsorted(cdf, min(lo + 1, n - 1), side="right")
+        out.append(float(v_lo + (h - lo) * (v_hi - v_lo)))
+    return out
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:

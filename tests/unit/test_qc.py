@@ -67,6 +67,15 @@ def test_image_metrics_values():
     assert f["SaturationFraction"] == 0.0 and f["FocusScore"] > 1
 
 
+def test_histogram_percentiles_equal_numpy():
+    from cytoscreen.qc import _percentiles
+
+    rng = np.random.default_rng(1)
+    for img in (rng.integers(0, 65535, (37, 41), dtype=np.uint16), rng.integers(0, 255, (64, 3), dtype=np.uint8),
+                np.full((5, 5), 9, np.uint16)):
+        assert np.allclose(_percentiles(img, (50, 99.9, 0, 100)), np.percentile(img, (50, 99.9, 0, 100)))
+
+
 def test_robust_z():
     z = robust_z(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert z[2] == 0 and z[-1] > 30
