@@ -26,7 +26,7 @@ copairs itself is not a runtime dependency (it caches null draws in ``~/.copairs
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,7 +113,6 @@ def nn_accuracy(
     x, _ = feature_matrix(treatments, features, source="treatments")
     moa = treatments[moa_col].astype(str).to_numpy()
     compound = treatments[compound_col].astype(str).to_numpy()
-    n = len(treatments)
     allowed = compound[:, None] != compound[None, :]
     if batch_col:
         allowed &= ~shared_batch_matrix(treatments[batch_col].tolist())
@@ -165,7 +164,6 @@ def nn_accuracy(
     )
     per_moa["accuracy"] = per_moa["n_correct"] / per_moa["n_queries"]
     n_correct = int(correct.sum())
-    del n
     return NNAccuracy(
         accuracy=n_correct / len(idx),
         n_queries=len(idx),
@@ -218,8 +216,8 @@ def average_precision(
     x: np.ndarray,
     *,
     queries: np.ndarray,
-    positive: callable,
-    negative: callable,
+    positive: Callable[[np.ndarray], np.ndarray],
+    negative: Callable[[np.ndarray], np.ndarray],
 ) -> pd.DataFrame:
     """AP of every query row of ``x`` against all rows, in blocks of queries.
 
@@ -332,15 +330,12 @@ def mean_average_precision(
     """
     group_by = list(group_by)
     valid = ap[ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)].reset_index(drop=True)
-    cols = group_by + ["n_queries", "mean_average_precision", "p_value", "q_value", "significant"]
     if valid.empty:
-        return MapResult(None, None, 0, pd.DataFrame(columns=cols), ap)
+        return _empty_map(group_by)
     confs = valid[["n_pos_pairs", "n_total_pairs"]].to_numpy(dtype=np.int64)
     uniq, inverse = np.unique(confs, axis=0, return_inverse=True)
     inverse = np.asarray(inverse).reshape(-1)
-    nulls = np.stack(
-        [null_average_precision(int(m), int(t), null_size=null_size, seed=seed) for m, t in uniq]
-    )
+    nulls = np.stack([null_average_precision(int(m), int(t), null_size=null_size, seed=seed) for m, t in uniq])
     groups = valid.groupby(group_by, sort=True, dropna=False).indices
     rows = []
     for key, members in groups.items():
@@ -359,6 +354,11 @@ def mean_average_precision(
         per_group=per_group,
         per_query=ap,
     )
+
+
+def _empty_map(group_by: Sequence[str]) -> MapResult:
+    cols = list(group_by) + ["n_queries", "mean_average_precision", "p_value", "q_value"]
+    return MapResult(None, None, 0, pd.DataFrame(columns=cols + ["significant"]), pd.DataFrame())
 
 
 def _codes(values: pd.Series | pd.DataFrame) -> np.ndarray:
@@ -393,10 +393,11 @@ def replicate_map(
     counts = np.bincount(code)
     queries = np.flatnonzero(~negcon & (counts[code] >= 2))
     if not negcon.any() or len(queries) == 0:
-        empty = pd.DataFrame(columns=treatment_cols + ["average_precision"])
-        return mean_average_precision(
-            empty.assign(n_pos_pairs=0, n_total_pairs=0), group_by=treatment_cols
+        logger.warning(
+            "replicate mAP not computed: %s",
+            "no negative-control wells" if not negcon.any() else "no treatment has 2 or more wells",
         )
+        return _empty_map(treatment_cols)
 
     def positive(q: np.ndarray) -> np.ndarray:
         return code[q][:, None] == code[None, :]

@@ -19,6 +19,15 @@ from cytoscreen.errors import InputDataError
 logger = logging.getLogger(__name__)
 
 
+def treatment_label(perturbation: object, concentration: object) -> str:
+    """``"taxol @ 0.3"``; the perturbation alone when the concentration is missing."""
+    if concentration is None or (isinstance(concentration, float) and np.isnan(concentration)):
+        return str(perturbation)
+    if isinstance(concentration, int | float | np.number) and not isinstance(concentration, bool):
+        return f"{perturbation} @ {float(concentration):g}"
+    return f"{perturbation} @ {concentration}"
+
+
 def feature_matrix(
     profiles: pd.DataFrame, features: Sequence[str] | None = None, *, source: str = "profiles"
 ) -> tuple[np.ndarray, list[str]]:
@@ -32,8 +41,7 @@ def feature_matrix(
     cols = list(features) if features is not None else io.feature_columns(profiles)
     if not cols:
         raise InputDataError(
-            f"{source}: no feature columns (features are the columns not starting with Metadata_ or "
-            f"QC_)"
+            f"{source}: no feature columns (features are the columns not starting with Metadata_ or QC_)"
         )
     missing = [c for c in cols if c not in profiles.columns]
     if missing:
@@ -67,6 +75,27 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     return np.clip(ua @ ub.T, -1.0, 1.0)
 
 
+def top_k_similar(x: np.ndarray, k: int, *, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine similarities of each row's ``k`` most similar other rows.
+
+    Computed in blocks of rows, so memory is ``block`` x n.  Equal similarities keep row order.
+    ``k`` is capped at n - 1.
+    """
+    unit = unit_rows(np.asarray(x, dtype=np.float64))
+    n = len(unit)
+    k = max(0, min(k, n - 1))
+    idx = np.zeros((n, k), dtype=np.int64)
+    val = np.zeros((n, k), dtype=np.float64)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        sim = np.clip(unit[start:stop] @ unit.T, -1.0, 1.0)
+        sim[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        idx[start:stop] = order
+        val[start:stop] = np.take_along_axis(sim, order, axis=1)
+    return idx, val
+
+
 def nearest_neighbors(
     profiles: pd.DataFrame,
     *,
@@ -95,18 +124,14 @@ def nearest_neighbors(
         raise ValueError("labels must have one entry per profile")
     x, _ = feature_matrix(profiles, features)
     n = len(profiles)
-    sim = cosine_similarity(x)
-    np.fill_diagonal(sim, -np.inf)
-    k_eff = max(0, min(k, n - 1))
-    # stable sort on -similarity: equal similarities keep table order
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :k_eff]
+    order, sims = top_k_similar(x, k)
+    k_eff = order.shape[1]
     names = np.asarray(list(labels), dtype=object)
     out: dict[str, object] = {}
     for rank in range(1, k + 1):
         if rank <= k_eff:
-            idx = order[:, rank - 1]
-            out[io.neighbor_column(rank)] = names[idx]
-            out[io.neighbor_similarity_column(rank)] = sim[np.arange(n), idx]
+            out[io.neighbor_column(rank)] = names[order[:, rank - 1]]
+            out[io.neighbor_similarity_column(rank)] = sims[:, rank - 1]
         else:
             out[io.neighbor_column(rank)] = np.full(n, None, dtype=object)
             out[io.neighbor_similarity_column(rank)] = np.full(n, np.nan)

@@ -1,0 +1,132 @@
+"""Benchmark metrics of a well-level profile table: NSC, NSCB, replicate and MoA mAP.
+
+Reads a CSV, TSV or Parquet table with one row per well, forms treatments (compound x dose, the
+median of their wells unless --consensus gives treatment profiles), and writes evaluation.json
+with the keys nsc, nscb, map_replicate, map_moa, cluster_ari and the details behind them
+(treatment and batch definitions, dropped MoAs, per-MoA accuracy, mAP p- and q-values).  A short
+table goes to stdout, logs to stderr.  Profiles are evaluated as given (no normalization).
+
+Negative controls: wells whose --pert-type-col is "negcon" when that column exists and has any,
+else wells whose compound is one of --negcon (case-insensitive).  They are not queried.
+
+NSCB batches: --batch-col, optionally mapped by --batch-regex (first capture group), e.g. for
+BBBC021 weeks: --batch-col Metadata_Plate --batch-regex '^(Week\\d+)'.  MoAs that cannot be scored
+(no same-MoA treatment of another compound, or another batch for NSCB) are dropped and listed.
+
+Example:
+  cytoscreen evaluate wells.parquet --moa-col Metadata_moa --compound-col Metadata_Compound \\
+      --dose-col Metadata_Concentration --batch-col Metadata_Plate --out evaluation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cytoscreen import io
+
+logger = logging.getLogger(__name__)
+
+NONE = "none"
+AUTO = "auto"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from cytoscreen.cli import add_command
+
+    parser = add_command(subparsers, "evaluate", __doc__)
+    parser.add_argument("table", help="well-level profile table (.parquet, .csv, .tsv; gzip ok)")
+    parser.add_argument("--out", required=True, help="evaluation JSON to write")
+    parser.add_argument(
+        "--consensus",
+        default=None,
+        help="optional treatment-level profiles (one row per compound x dose, same features) "
+        "used instead of the median of the wells for NSC, NSCB and MoA mAP",
+    )
+    parser.add_argument("--compound-col", default=io.PERTURBATION, help="compound column")
+    parser.add_argument(
+        "--dose-col",
+        default=AUTO,
+        help=f"dose column; '{AUTO}': {io.CONCENTRATION} if the table has it; '{NONE}': a treatment is a compound",
+    )
+    parser.add_argument(
+        "--moa-col",
+        default=AUTO,
+        help=f"MoA column; '{AUTO}': {io.MOA} if the table has it; '{NONE}': replicate mAP only",
+    )
+    parser.add_argument(
+        "--batch-col",
+        default=AUTO,
+        help=f"batch column for NSCB; '{AUTO}': {io.BATCH} if the table has it; '{NONE}': no NSCB",
+    )
+    parser.add_argument(
+        "--batch-regex",
+        default=None,
+        help="regex applied to the batch column; the batch is its first capture group "
+        "(e.g. '^(Week\\d+)' maps Week4_27481 to Week4)",
+    )
+    parser.add_argument(
+        "--pert-type-col",
+        default=io.PERT_TYPE,
+        help="pert-type column; its 'negcon' wells are the negative controls when present",
+    )
+    parser.add_argument(
+        "--negcon",
+        nargs="+",
+        default=["DMSO"],
+        metavar="NAME",
+        help="compound name(s) of negative controls, used when the pert-type column is absent or has no negcon rows",
+    )
+    parser.add_argument("--null-size", type=int, default=10000, help="random rankings in each mAP null")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mAP null")
+    parser.add_argument("--fdr", type=float, default=0.05, help="q-value threshold")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the clustering ARI (faster on big tables)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _opt(value: str, default: str, columns) -> str | None:
+    """An explicit column name, None for 'none', or for 'auto' the default column if present."""
+    if value.lower() == AUTO:
+        if default in columns:
+            return default
+        logger.info("no %s column: the metrics that need it are skipped", default)
+        return None
+    return None if value.lower() == NONE else value
+
+
+def run(args: argparse.Namespace) -> int:
+    from cytoscreen.errors import ConfigError
+    from cytoscreen.moa.evaluate import evaluate_profiles, format_summary
+
+    if args.null_size < 1:
+        raise ConfigError(f"--null-size must be at least 1, got {args.null_size}")
+    if not 0 < args.fdr < 1:
+        raise ConfigError(f"--fdr must lie between 0 and 1, got {args.fdr}")
+    wells = io.read_table(args.table)
+    logger.info("read %s (%d rows x %d columns)", args.table, len(wells), wells.shape[1])
+    consensus = io.read_table(args.consensus) if args.consensus else None
+    result = evaluate_profiles(
+        wells,
+        compound_col=args.compound_col,
+        dose_col=_opt(args.dose_col, io.CONCENTRATION, wells.columns),
+        moa_col=_opt(args.moa_col, io.MOA, wells.columns),
+        batch_col=_opt(args.batch_col, io.BATCH, wells.columns),
+        batch_regex=args.batch_regex,
+        pert_type_col=None if args.pert_type_col.lower() == NONE else args.pert_type_col,
+        negcon=tuple(args.negcon),
+        treatments=consensus,
+        null_size=args.null_size,
+        seed=args.seed,
+        fdr=args.fdr,
+        cluster=not args.no_cluster,
+        source=str(args.table),
+    )
+    summary = {"input": str(args.table), **result.summary}
+    if args.consensus:
+        summary["consensus_input"] = str(args.consensus)
+    io.write_json(summary, args.out)
+    logger.info("wrote %s", args.out)
+    sys.stdout.write(format_summary(result.summary) + "\n")
+    return 0

@@ -1,0 +1,207 @@
+"""`cytoscreen evaluate` and the library behind it, on synthetic well tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytoscreen import io
+from cytoscreen.cli import main
+from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.moa.evaluate import derive_batches, evaluate_profiles, negcon_mask
+from tests.unit.moa_fixtures import rename_for_evaluate, synthetic_wells
+
+EXACT_CALL = [
+    "--moa-col",
+    "Metadata_moa",
+    "--compound-col",
+    "Metadata_Compound",
+    "--dose-col",
+    "Metadata_Concentration",
+    "--batch-col",
+    "Metadata_Plate",
+]
+KEYS = {"nsc", "nscb", "map_replicate", "map_moa"}
+
+
+@pytest.fixture(scope="module")
+def wells() -> pd.DataFrame:
+    return synthetic_wells(seed=0)
+
+
+def test_evaluate_profiles_on_separable_screen(wells):
+    res = evaluate_profiles(wells, null_size=500)
+    s = res.summary
+    assert s["nsc"] == 1.0 and s["nscb"] == 1.0
+    assert s["map_replicate"] > 0.95 and s["map_moa"] > 0.9
+    assert s["cluster_ari"] > 0.9
+    assert s["n_treatments"] == 4 * 3 * 2 + 1 and s["n_negcon_treatments"] == 1
+    assert s["n_scored_treatments"] == 24 and s["n_moas"] == 4
+    assert s["negcon_definition"] == "Metadata_pert_type == negcon"
+    assert s["batch_definition"]["column"] == io.BATCH and s["batch_definition"]["n_batches"] == 2
+    assert s["nsc_details"]["dropped_moas"] == [] and s["nsc_details"]["n_queries"] == 24
+    assert s["map_replicate_details"]["n_groups"] == 24
+    assert s["map_replicate_details"]["fraction_significant"] == 1.0
+    rec = s["map_moa_details"]["per_group"][0]
+    assert {"moa", "mean_average_precision", "p_value", "q_value"} <= set(rec)
+    json.dumps(io._json_safe(s))  # JSON-ready
+
+
+def test_evaluate_noise_screen_scores_near_chance():
+    rng = np.random.default_rng(3)
+    wells = synthetic_wells(seed=1, n_moas=4, compounds_per_moa=3)
+    feats = io.feature_columns(wells)
+    wells[feats] = rng.normal(size=(len(wells), len(feats))).astype(np.float32)
+    s = evaluate_profiles(wells, null_size=500, cluster=False).summary
+    assert s["nsc"] < 0.6  # chance is ~0.2 for 4 MoAs
+    assert s["map_replicate_details"]["fraction_significant"] <= 0.2
+
+
+def test_nscb_drops_single_batch_moa_and_regex_batches(wells):
+    w = wells.copy()
+    # MoA 1 moved wholly into batch B1 (plates B1_P*): it cannot be scored by NSCB
+    moa1 = w[io.MOA] == "MoA 1"
+    w.loc[moa1, io.PLATE] = w.loc[moa1, io.PLATE].str.replace("B2_", "B1_")
+    s = evaluate_profiles(w, batch_col=io.PLATE, batch_regex=r"^(B\d+)_", null_size=200, cluster=False).summary
+    assert s["nscb_details"]["dropped_moas"] == ["MoA 1"]
+    assert s["nsc_details"]["dropped_moas"] == []
+    assert s["nscb_details"]["n_queries"] == 18
+    assert s["batch_definition"]["regex"] == r"^(B\d+)_"
+    assert s["batch_definition"]["n_batches"] == 2
+    assert s["batch_definition"]["examples"]["B1_P1"] == "B1"
+
+
+def test_consensus_table_replaces_the_median(wells):
+    from cytoscreen.moa.similarity import treatment_profiles
+
+    cons = treatment_profiles(wells, by=[io.PERTURBATION, io.CONCENTRATION])
+    a = evaluate_profiles(wells, null_size=200, cluster=False).summary
+    b = evaluate_profiles(wells, treatments=cons, null_size=200, cluster=False).summary
+    assert a["nsc"] == b["nsc"] and a["map_moa"] == pytest.approx(b["map_moa"])
+    assert b["treatment_definition"]["profile"] == "given treatment table"
+    with pytest.raises(InputDataError, match="no row"):
+        evaluate_profiles(wells, treatments=cons.iloc[1:], null_size=10)
+
+
+def test_negcon_recognition():
+    df = pd.DataFrame({"Metadata_cpd": ["dmso", "DMSO ", "x", "ctrl"], "Metadata_pert_type": ["trt"] * 4})
+    mask, how = negcon_mask(df, compound_col="Metadata_cpd", negcon=("DMSO", "Ctrl"))
+    assert mask.tolist() == [True, True, False, True]
+    assert "case-insensitive" in how
+    df["Metadata_pert_type"] = ["negcon", "trt", "trt", "trt"]
+    mask, how = negcon_mask(df, compound_col="Metadata_cpd")
+    assert mask.tolist() == [True, False, False, False] and how.startswith("Metadata_pert_type")
+
+
+def test_derive_batches():
+    s = pd.Series(["Week4_27481", "Week10_1"], name="Metadata_Plate")
+    assert derive_batches(s, r"^(Week\d+)").tolist() == ["Week4", "Week10"]
+    assert derive_batches(s, r"^Week\d").tolist() == ["Week4", "Week1"]  # whole match
+    with pytest.raises(InputDataError, match="matches no part of 1 value"):
+        derive_batches(pd.Series(["Week4_1", "Plate7"], name="p"), r"^(Week\d+)")
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        derive_batches(s, "(")
+
+
+def test_bad_features_are_left_out_with_a_record(wells):
+    w = wells.copy()
+    w["Image_FileName"] = "x.tif"  # a stray text column without the Metadata_ prefix
+    w.loc[3, "DNA_f1"] = np.nan
+    s = evaluate_profiles(w, null_size=50, cluster=False).summary
+    assert s["features_left_out"] == {"non_numeric": ["Image_FileName"], "non_finite": ["DNA_f1"]}
+    assert s["n_features"] == len(io.feature_columns(wells)) - 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_exact_cli_call(tmp_path, wells, suffix, capsys):
+    table = tmp_path / f"wells{suffix}"
+    io.write_table(rename_for_evaluate(wells), table)
+    out = tmp_path / "evaluation.json"
+    rc = main(["evaluate", str(table), *EXACT_CALL, "--null-size", "300", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert KEYS <= set(res)
+    assert res["nsc"] == 1.0 and res["nscb"] == 1.0 and res["map_moa"] > 0.9
+    assert res["negcon_definition"].startswith("Metadata_Compound in ['DMSO']")
+    assert res["batch_definition"]["column"] == "Metadata_Plate"
+    assert res["batch_definition"]["n_batches"] == 6
+    assert res["n_treatments"] == 25
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["metric", "value", "n", "note"]
+    assert [ln.split()[0] for ln in lines[1:5]] == ["nsc", "nscb", "map_replicate", "map_moa"]
+    assert "INFO" in captured.err and "INFO" not in captured.out
+
+
+def test_cli_batch_regex_and_disabled_columns(tmp_path, wells, capsys):
+    table = tmp_path / "wells.parquet"
+    io.write_table(rename_for_evaluate(wells), table)
+    out = tmp_path / "e.json"
+    args = ["evaluate", str(table), *EXACT_CALL, "--null-size", "100", "--no-cluster"]
+    assert main([*args, "--batch-regex", r"^(B\d+)_", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["batch_definition"]["regex"] == r"^(B\d+)_"
+    assert res["batch_definition"]["n_batches"] == 2 and res["cluster_ari"] is None
+    rc = main(
+        ["evaluate", str(table), "--compound-col", "Metadata_Compound", "--moa-col", "none",
+         "--batch-col", "none", "--null-size", "50", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["nsc"] is None and res["map_replicate"] > 0.9
+    assert res["nsc_details"]["reason"] == "no MoA column"
+    # no dose column given and none named Metadata_concentration: a treatment is a compound
+    assert res["treatment_definition"]["dose"] is None and res["n_treatments"] == 13
+
+
+def test_cli_missing_column(tmp_path, wells, capsys):
+    table = tmp_path / "wells.csv"
+    io.write_table(rename_for_evaluate(wells).drop(columns=["Metadata_moa"]), table)
+    out = tmp_path / "e.json"
+    rc = main(["evaluate", str(table), *EXACT_CALL, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == InputDataError.exit_code == 4
+    assert "error:" in err and "'Metadata_moa' not found" in err and "Metadata_Compound" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "message"),
+    [
+        (None, 4, "file not found"),
+        ("Metadata_Compound,Metadata_moa\nDMSO,DMSO\n", 4, "no usable feature columns"),
+    ],
+)
+def test_cli_bad_tables(tmp_path, capsys, content, code, message):
+    table = tmp_path / "t.csv"
+    if content is not None:
+        table.write_text(content)
+    rc = main(
+        ["evaluate", str(table), "--compound-col", "Metadata_Compound", "--out",
+         str(tmp_path / "e.json")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == code and message in err and "Traceback" not in err
+
+
+def test_cli_bad_regex_and_settings(tmp_path, wells, capsys):
+    table = tmp_path / "wells.parquet"
+    io.write_table(rename_for_evaluate(wells), table)
+    out = str(tmp_path / "e.json")
+    assert main(["evaluate", str(table), *EXACT_CALL, "--batch-regex", "(", "--out", out]) == 3
+    assert main(["evaluate", str(table), *EXACT_CALL, "--batch-regex", "^W", "--out", out]) == 4
+    assert main(["evaluate", str(table), *EXACT_CALL, "--null-size", "0", "--out", out]) == 3
+    err = capsys.readouterr().err
+    assert "matches no part" in err and "Traceback" not in err
+
+
+def test_single_batch_screen_has_no_nscb(wells):
+    w = wells.assign(**{io.BATCH: "batch1"})  # e.g. the demo: one batch in plates.tsv
+    s = evaluate_profiles(w, null_size=50, cluster=False).summary
+    assert s["nsc"] == 1.0 and s["nscb"] is None
+    assert sorted(s["nscb_details"]["dropped_moas"]) == ["MoA 1", "MoA 2", "MoA 3", "MoA 4"]
+    assert "different batches" in s["nscb_details"]["reason"]
