@@ -1,0 +1,257 @@
+"""Profiles benchmark: cytoscreen vs pycytominer on the same synthetic site table.
+
+Both tools run aggregate (site -> well median) + normalize (mad_robustize per plate against negcon
+wells) + feature selection (drop_na_columns, variance_threshold [pycytominer >= 1.3:
+frequency_threshold], correlation_threshold) on one synthetic Parquet table, each in its own
+subprocess so that peak RSS (``ru_maxrss``) is measured fairly.  Wall and CPU (user + system) time
+are reported for the whole subprocess (interpreter start, imports, read, compute, write) and for the
+compute part alone (after the table is read, before the result is written); on a shared machine CPU
+time is the steadier figure.  Each tool reads the Parquet file its own way: cytoscreen as its CLI
+does (``read_profiles``), pycytominer with ``pandas.read_parquet`` (what its ``load_profiles`` does).  The
+outputs are compared: same kept columns, values within 1e-5 (relative to max(1, |value|)).
+
+    python benchmarks/profiles.py                      # 100,000 rows x 1,000 features, 20 plates
+    python benchmarks/profiles.py --rows 20000         # smaller, when pycytominer is too slow
+
+Prints one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OPERATIONS = ("drop_na_columns", "variance_threshold", "correlation_threshold")
+NEGCON_PER_PLATE = 32
+
+
+def make_sites(path: Path, *, rows: int, features: int, plates: int, wells: int, seed: int) -> None:
+    """A site table: plate offsets, a 40-dim latent structure, near-copies (correlation filter),
+    discrete and near-constant features (variance filter), two features with 10% missing values."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    n_wells = plates * wells
+    per_well = np.full(n_wells, rows // n_wells)
+    per_well[: rows - per_well.sum()] += 1  # uneven well sizes, as after QC
+    well_idx = np.repeat(np.arange(n_wells), per_well)
+    site = np.concatenate([np.arange(1, k + 1) for k in per_well])
+    plate_idx = well_idx // wells
+    in_plate = well_idx % wells
+    cols_per_row = 24 if wells == 384 else 12
+    well_names = np.array([f"{chr(65 + i // cols_per_row)}{i % cols_per_row + 1:02d}"
+                           for i in range(wells)])
+    negcon = in_plate < NEGCON_PER_PLATE
+    pert = np.where(negcon, "DMSO", np.char.add("cmp", ((in_plate - NEGCON_PER_PLATE) // 4)
+                                                 .astype(str)))
+    columns = {
+        "Metadata_Plate": np.char.add("plate", plate_idx.astype(str)),
+        "Metadata_Well": well_names[in_plate],
+        "Metadata_Site": site,
+        "Metadata_pert_type": np.where(negcon, "negcon", "trt"),
+        "Metadata_perturbation": pert,
+    }
+    latent_dim = 40
+    treat_effect = rng.normal(0, 1, (wells, latent_dim)) * (~(np.arange(wells) <
+                                                             NEGCON_PER_PLATE))[:, None]
+    loadings = rng.normal(0, 1, (latent_dim, features)).astype(np.float32)
+    block = 20_000
+    x = np.empty((rows, features), dtype=np.float32)
+    for r0 in range(0, rows, block):
+        r1 = min(rows, r0 + block)
+        z = rng.normal(0, 1, (r1 - r0, latent_dim)) + treat_effect[in_plate[r0:r1]]
+        x[r0:r1] = (z.astype(np.float32) @ loadings
+                    + rng.normal(0, 1, (r1 - r0, features)).astype(np.float32))
+    x += rng.normal(0, 3, (plates, features)).astype(np.float32)[plate_idx]
+    n_copy = features // 20
+    for j in range(n_copy):  # near-copies: correlated > 0.9 with feature j
+        x[:, features - 1 - j] = 2 * x[:, j] + rng.normal(0, 0.1, rows).astype(np.float32)
+    for j in range(n_copy, n_copy + 5):  # counts: few distinct values
+        x[:, j] = rng.poisson(2, rows)
+    x[:, n_copy + 5] = 1.0  # near-constant: fails the frequency rule
+    x[rng.random(rows) < 0.01, n_copy + 5] = 0.0
+    for j in (n_copy + 6, n_copy + 7):  # 10% missing values
+        x[rng.random(rows) < 0.1, j] = np.nan
+    names = [f"DNA_efficientnet_{j}" for j in range(features)]
+    arrays = [pa.array(v) for v in columns.values()] + [pa.array(x[:, j]) for j in range(features)]
+    table = pa.table(arrays, names=[*columns, *names])
+    pq.write_table(table, path, compression="zstd")
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_cytoscreen(src: str, out: str) -> dict:
+    from cytoscreen import io
+    from cytoscreen.profiles import aggregate, feature_select, normalize
+    from cytoscreen.profiles.command import read_profiles
+
+    sites = read_profiles(src)  # what `cytoscreen profiles ...` reads with
+    t0, c0 = time.perf_counter(), _cpu()
+    wells = aggregate(sites, method="median")
+    del sites
+    normalized = normalize(wells, method="mad_robustize")
+    del wells
+    selected = feature_select(normalized, operations=OPERATIONS).profiles
+    result = {"compute_s": time.perf_counter() - t0, "compute_cpu_s": _cpu() - c0}
+    io.write_parquet(selected, out)
+    return result
+
+
+def _run_pycytominer(src: str, out: str) -> dict:
+    import warnings
+
+    import pandas as pd
+    import pycytominer as pc
+    from pycytominer import operations
+
+    warnings.simplefilter("ignore")
+    variance = ("frequency_threshold" if hasattr(operations, "frequency_threshold")
+                else "variance_threshold")
+    sites = pd.read_parquet(src)
+    t0, c0 = time.perf_counter(), _cpu()
+    feats = [c for c in sites.columns if not c.startswith("Metadata_")]
+    meta = ["Metadata_Plate", "Metadata_Well", "Metadata_pert_type", "Metadata_perturbation"]
+    platemap = sites[meta].drop_duplicates(["Metadata_Plate", "Metadata_Well"])
+    wells = pc.aggregate(sites, strata=["Metadata_Plate", "Metadata_Well"], features=feats,
+                         operation="median")
+    del sites
+    wells = platemap.merge(wells, on=["Metadata_Plate", "Metadata_Well"])  # annotate
+    normalized = pd.concat(
+        [
+            pc.normalize(g, features=feats, meta_features=meta, method="mad_robustize",
+                         samples="Metadata_pert_type == 'negcon'")
+            for _, g in wells.groupby("Metadata_Plate", sort=False)
+        ]
+    )
+    del wells
+    ops = [variance if op == "variance_threshold" else op for op in OPERATIONS]
+    selected = pc.feature_select(normalized, features=feats, operation=ops)
+    result = {"compute_s": time.perf_counter() - t0, "compute_cpu_s": _cpu() - c0}
+    selected.to_parquet(out, index=False)
+    return result
+
+
+def _child(tool: str, src: str, out: str) -> None:
+    t0 = time.perf_counter()
+    result = (_run_cytoscreen if tool == "cytoscreen" else _run_pycytominer)(src, out)
+    result["in_process_s"] = time.perf_counter() - t0
+    result["cpu_s"] = _cpu()
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def run_tool(tool: str, src: Path, out: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", tool, str(src), str(out)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{tool} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return {k: round(v, 3) for k, v in result.items()}
+
+
+def compare(ours: Path, theirs: Path) -> dict:
+    import pandas as pd
+
+    a = pd.read_parquet(ours)
+    b = pd.read_parquet(theirs)
+    keys = ["Metadata_Plate", "Metadata_Well"]
+    fa = [c for c in a.columns if not c.startswith("Metadata_")]
+    fb = [c for c in b.columns if not c.startswith("Metadata_")]
+    a = a.sort_values(keys).reset_index(drop=True)
+    b = b.sort_values(keys).reset_index(drop=True)
+    same_rows = a[keys].equals(b[keys])
+    common = [c for c in fa if c in set(fb)]
+    va = a[common].to_numpy(np.float64)
+    vb = b[common].to_numpy(np.float64)
+    ok = ~np.isnan(vb)
+    rel = np.abs(va[ok] - vb[ok]) / np.maximum(1.0, np.abs(vb[ok]))
+    return {
+        "same_rows": bool(same_rows),
+        "same_columns": set(fa) == set(fb),
+        "n_kept": len(fa),
+        "n_kept_pycytominer": len(fb),
+        "nan_agree": bool(np.array_equal(np.isnan(va), np.isnan(vb))),
+        "max_rel_diff": float(rel.max(initial=0.0)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="site rows")
+    parser.add_argument("--features", type=int, default=1000)
+    parser.add_argument("--plates", type=int, default=20)
+    parser.add_argument("--wells", type=int, default=384, help="wells per plate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default=None, help="keep the table and outputs here")
+    parser.add_argument("--skip-pycytominer", action="store_true")
+    parser.add_argument("--child", nargs=3, metavar=("TOOL", "INPUT", "OUTPUT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(*args.child)
+        return 0
+    tmp = tempfile.TemporaryDirectory(prefix="cytoscreen-bench-") if not args.workdir else None
+    work = Path(args.workdir or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / f"sites_{args.rows}x{args.features}.parquet"
+    t0 = time.perf_counter()
+    if not src.exists():
+        make_sites(src, rows=args.rows, features=args.features, plates=args.plates,
+                   wells=args.wells, seed=args.seed)
+    gen = time.perf_counter() - t0
+    import pandas
+    import pyarrow
+
+    record: dict = {
+        "benchmark": "profiles",
+        "steps": "aggregate(median)+normalize(mad_robustize, per plate vs negcon)+"
+                 "feature_select(" + ",".join(OPERATIONS) + ")",
+        "rows": args.rows, "features": args.features, "plates": args.plates,
+        "wells_per_plate": args.wells, "seed": args.seed, "generate_s": round(gen, 2),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "numpy": np.__version__, "pandas": pandas.__version__,
+                    "pyarrow": pyarrow.__version__},
+    }
+    record["cytoscreen"] = run_tool("cytoscreen", src, work / "cytoscreen.parquet")
+    if not args.skip_pycytominer:
+        from importlib.metadata import version
+
+        record["machine"]["pycytominer"] = version("pycytominer")
+        record["pycytominer"] = run_tool("pycytominer", src, work / "pycytominer.parquet")
+        ours, theirs = record["cytoscreen"], record["pycytominer"]
+        record["speedup_wall"] = round(theirs["wall_s"] / ours["wall_s"], 2)
+        record["speedup_compute"] = round(theirs["compute_s"] / ours["compute_s"], 2)
+        record["speedup_cpu"] = round(theirs["cpu_s"] / ours["cpu_s"], 2)
+        record["speedup_compute_cpu"] = round(theirs["compute_cpu_s"] / ours["compute_cpu_s"], 2)
+        record["memory_ratio"] = round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 3)
+        record["output"] = compare(work / "cytoscreen.parquet", work / "pycytominer.parquet")
+    print(json.dumps(record))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Profiles stage: sites -> wells -> normalized -> feature-selected -> consensus profiles.
+
+Modules
+-------
+aggregate
+    :func:`aggregate`: site (or cell) rows to wells, median or mean, QC-failed sites left out.
+normalize
+    :func:`normalize` per plate against reference wells (``mad_robustize``, ``standardize``,
+    ``robustize``, ``spherize``) and :func:`spherize`.
+select
+    :func:`feature_select` (``variance_threshold``, ``correlation_threshold``, ``drop_na_columns``,
+    ``blocklist``, ``drop_outliers``) with a record of what each operation dropped.
+consensus
+    :func:`consensus`: one row per treatment, ``median`` or ``modz``.
+chain
+    :func:`profile_chain`: normalize -> select -> (spherize) -> consensus in one call.
+command
+    ``cytoscreen profiles aggregate|normalize|select|consensus INPUT... OUTPUT``.
+
+Every function takes and returns DataFrames, keeps row order and ``Metadata_*`` columns, treats as
+features exactly the columns :func:`cytoscreen.io.feature_columns` names, and writes float32
+features.  Method names and definitions are pycytominer's; results agree with it within 1e-5
+(``tests/unit/test_profiles_pycytominer.py``).
+"""
+
+from cytoscreen.profiles.aggregate import AGGREGATE_METHODS, aggregate
+from cytoscreen.profiles.chain import ProfileChainResult, profile_chain
+from cytoscreen.profiles.consensus import CONSENSUS_METHODS, consensus
+from cytoscreen.profiles.normalize import NORMALIZE_METHODS, SPHERIZE_METHODS, normalize, spherize
+from cytoscreen.profiles.select import (
+    DEFAULT_OPERATIONS,
+    SELECT_OPERATIONS,
+    FeatureSelection,
+    apply_selection,
+    feature_select,
+)
+
+__all__ = [
+    "AGGREGATE_METHODS",
+    "CONSENSUS_METHODS",
+    "DEFAULT_OPERATIONS",
+    "NORMALIZE_METHODS",
+    "SELECT_OPERATIONS",
+    "SPHERIZE_METHODS",
+    "FeatureSelection",
+    "ProfileChainResult",
+    "aggregate",
+    "apply_selection",
+    "consensus",
+    "feature_select",
+    "normalize",
+    "profile_chain",
+    "spherize",
+]

@@ -1,0 +1,238 @@
+"""`cytoscreen profiles ...` from outside: the BBBC021 call, config precedence, records, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cytoscreen import cli, io
+from cytoscreen.config import load_schema
+from cytoscreen.profiles import (
+    AGGREGATE_METHODS,
+    CONSENSUS_METHODS,
+    NORMALIZE_METHODS,
+    SELECT_OPERATIONS,
+    SPHERIZE_METHODS,
+    normalize,
+)
+from tests.unit.profiles_fixtures import bbbc021_wells, synthetic_sites, synthetic_wells
+
+
+@pytest.fixture()
+def bbbc_parquet(tmp_path):
+    path = tmp_path / "wells.parquet"
+    bbbc021_wells().to_parquet(path, index=False)
+    return path
+
+
+def profiles_parsers() -> dict:
+    parser = cli.build_parser()
+    top = next(a for a in parser._actions if a.dest == "command")
+    sub = next(a for a in top.choices["profiles"]._actions if a.dest == "action")
+    return dict(sub.choices)
+
+
+def test_bbbc021_normalize_call(bbbc_parquet, tmp_path, capsys):
+    out = tmp_path / "normalized.parquet"
+    rc = cli.main(["profiles", "normalize", str(bbbc_parquet), str(out),
+                   "--method", "mad_robustize"])
+    assert rc == 0
+    assert "Metadata_Compound == 'DMSO'" in capsys.readouterr().err
+    got = pd.read_parquet(out)
+    wells = bbbc021_wells()
+    assert list(got.columns) == list(wells.columns) and len(got) == len(wells)
+    feats = io.feature_columns(got)
+    assert len(feats) == 516 and (got[feats].dtypes == np.float32).all()
+    expected = normalize(wells)
+    np.testing.assert_array_equal(got[feats].to_numpy(), expected[feats].to_numpy())
+    prov = io.read_provenance(out)
+    assert prov["stage"] == "profiles.normalize"
+    assert prov["parameters"]["method"] == "mad_robustize"
+
+
+def test_reference_options_and_csv(tmp_path):
+    src = tmp_path / "wells.csv"
+    bbbc021_wells().to_csv(src, index=False)
+    out = tmp_path / "norm.csv"
+    rc = cli.main(["profiles", "normalize", str(src), str(out), "--reference-col",
+                   "Metadata_moa", "--reference-value", "DMSO", "--method", "robustize"])
+    assert rc == 0
+    a = pd.read_csv(out)
+    b = normalize(bbbc021_wells(), method="robustize")
+    np.testing.assert_allclose(a[io.feature_columns(a)], b[io.feature_columns(b)], rtol=1e-6)
+
+
+def test_missing_reference_is_a_clear_error(tmp_path, capsys):
+    src = tmp_path / "wells.parquet"
+    bbbc021_wells().drop(columns=["Metadata_Compound", "Metadata_moa"]).to_parquet(src)
+    rc = cli.main(["profiles", "normalize", str(src), str(tmp_path / "o.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 4
+    assert "--reference-col COLUMN --reference-value VALUE" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_plate_without_controls_exit_code(tmp_path, capsys):
+    df = synthetic_wells()
+    df.loc[df[io.PLATE] == "P2", io.PERT_TYPE] = "trt"
+    src = tmp_path / "wells.parquet"
+    df.to_parquet(src)
+    rc = cli.main(["profiles", "normalize", str(src), str(tmp_path / "o.parquet")])
+    assert rc == 4
+    assert "P2 (0)" in capsys.readouterr().err
+
+
+def test_bad_output_suffix_and_bad_method(tmp_path, bbbc_parquet):
+    assert cli.main(["profiles", "normalize", str(bbbc_parquet), str(tmp_path / "o.xlsx")]) == 3
+    with pytest.raises(SystemExit) as err:
+        cli.main(["profiles", "normalize", str(bbbc_parquet), str(tmp_path / "o.parquet"),
+                  "--method", "zscore"])
+    assert err.value.code == 2
+
+
+def test_config_gives_defaults_and_flags_override(tmp_path, bbbc_parquet):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"profiles": {"normalize_method": "standardize"}}))
+    wells = bbbc021_wells()
+    out = tmp_path / "a.parquet"
+    assert cli.main(["profiles", "normalize", str(bbbc_parquet), str(out), "--config",
+                     str(cfg)]) == 0
+    assert io.read_provenance(out)["parameters"]["method"] == "standardize"
+    expected = normalize(wells, method="standardize")
+    np.testing.assert_array_equal(pd.read_parquet(out)["Cells_AreaShape_Area"],
+                                  expected["Cells_AreaShape_Area"])
+    assert cli.main(["profiles", "normalize", str(bbbc_parquet), str(out), "--config",
+                     str(cfg), "--method", "robustize"]) == 0
+    assert io.read_provenance(out)["parameters"]["method"] == "robustize"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"profiles": {"normalize_method": "zscore"}}))
+    assert cli.main(["profiles", "normalize", str(bbbc_parquet), str(out), "--config",
+                     str(bad)]) == 3
+
+
+def test_cli_defaults_and_choices_match_schema():
+    props = load_schema("config")["properties"]["profiles"]["properties"]
+    parsers = profiles_parsers()
+    assert set(parsers) == {"aggregate", "normalize", "select", "consensus"}
+    seen = set()
+    for sub in parsers.values():
+        for action in sub._actions:
+            if action.dest in props:
+                seen.add(action.dest)
+                assert action.default == props[action.dest]["default"], action.dest
+    assert seen == set(props)  # every key has a flag
+    assert tuple(props["normalize_method"]["enum"]) == NORMALIZE_METHODS
+    assert tuple(props["aggregate_method"]["enum"]) == AGGREGATE_METHODS
+    assert tuple(props["consensus_method"]["enum"]) == CONSENSUS_METHODS
+    assert tuple(props["spherize_method"]["enum"]) == SPHERIZE_METHODS
+    assert tuple(props["spherize"]["enum"]) == (None, *SPHERIZE_METHODS)
+    assert tuple(props["select_operations"]["items"]["enum"]) == SELECT_OPERATIONS
+    choices = {a.dest: a.choices for s in parsers.values() for a in s._actions if a.choices}
+    assert tuple(choices["normalize_method"]) == NORMALIZE_METHODS
+    assert tuple(choices["select_operations"]) == SELECT_OPERATIONS
+    assert tuple(choices["consensus_method"]) == CONSENSUS_METHODS
+    assert tuple(choices["aggregate_method"]) == AGGREGATE_METHODS
+
+
+def test_workflow_chain_by_cli(tmp_path):
+    """aggregate per plate -> normalize per plate -> select on the screen -> consensus."""
+    sites = synthetic_sites(plates=2, wells=12, sites=3, features=8)
+    qc = sites[[io.PLATE, io.WELL, io.SITE, "QC_blurry"]]
+    sites = sites.drop(columns=["QC_blurry", "QC_saturated"])
+    normalized = []
+    for plate, rows in sites.groupby(io.PLATE):
+        d = tmp_path / "results" / plate
+        d.mkdir(parents=True)
+        rows.to_parquet(d / "sites.parquet")
+        qc[qc[io.PLATE] == plate].to_parquet(d / "qc.parquet")
+        assert cli.main(["profiles", "aggregate", str(d / "sites.parquet"),
+                         str(d / "wells.parquet"), "--qc", str(d / "qc.parquet")]) == 0
+        w = pd.read_parquet(d / "wells.parquet")
+        assert w.loc[w[io.WELL] == "A02", io.N_SITES].item() == 2
+        assert cli.main(["profiles", "normalize", str(d / "wells.parquet"),
+                         str(d / "normalized.parquet")]) == 0
+        normalized.append(str(d / "normalized.parquet"))
+    screen = tmp_path / "results" / "screen"
+    fs = screen / "feature_selected.parquet"
+    assert cli.main(["profiles", "select", *normalized, str(fs), "--per-plate-dir",
+                     str(tmp_path / "results"), "--corr-threshold", "0.8"]) == 0
+    record = json.loads((screen / "feature_selected.selection.json").read_text())
+    table = pd.read_csv(screen / "feature_selected.selection.tsv", sep="\t")
+    selected = pd.read_parquet(fs)
+    assert record["kept"] == io.feature_columns(selected)
+    assert table["kept"].sum() == len(record["kept"])
+    assert len(selected) == 24
+    per_plate = pd.read_parquet(tmp_path / "results" / "P1" / "feature_selected.parquet")
+    assert io.feature_columns(per_plate) == record["kept"] and len(per_plate) == 12
+    assert io.read_provenance(fs)["upstream"]["stage"] == "profiles.normalize"
+    again = tmp_path / "again.parquet"
+    assert cli.main(["profiles", "select", normalized[0], str(again), "--selection",
+                     str(screen / "feature_selected.selection.json")]) == 0
+    assert io.feature_columns(pd.read_parquet(again)) == record["kept"]
+    cons = screen / "consensus.parquet"
+    assert cli.main(["profiles", "consensus", str(fs), str(cons), "--method", "modz"]) == 0
+    c = pd.read_parquet(cons)
+    assert len(c) == 9  # DMSO + 4 compounds x 2 concentrations
+    assert io.read_provenance(cons)["parameters"]["method"] == "modz"
+
+
+def test_select_spherize_and_blocklist_file(tmp_path):
+    df = synthetic_wells(plates=2, wells=60, features=6, negcon=40)
+    src = tmp_path / "n.parquet"
+    df.to_parquet(src)
+    block = tmp_path / "block.txt"
+    block.write_text("f5\n")
+    out = tmp_path / "fs.parquet"
+    assert cli.main(["profiles", "select", str(src), str(out), "--operations", "variance_threshold",
+                     "blocklist", "--blocklist-file", str(block), "--spherize", "ZCA"]) == 0
+    got = pd.read_parquet(out)
+    feats = io.feature_columns(got)
+    assert "f5" not in feats and "f3" not in feats
+    ref = got[got[io.PERT_TYPE] == "negcon"][feats].to_numpy(np.float64)
+    assert np.abs(np.cov(ref.T) - np.eye(len(feats))).max() < 1e-3
+    rec = json.loads((tmp_path / "fs.selection.json").read_text())
+    assert rec["spherize"]["method"] == "ZCA"
+
+
+def test_too_few_paths(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.main(["profiles", "consensus", str(tmp_path / "x.parquet")])
+    assert err.value.code == 2
+    assert "OUTPUT" in capsys.readouterr().err
+
+
+def test_stacked_inputs_must_share_features(tmp_path, capsys):
+    a = synthetic_wells(plates=1)
+    b = synthetic_wells(plates=1).rename(columns={"f0": "g0"})
+    a.to_parquet(tmp_path / "a.parquet")
+    b.to_parquet(tmp_path / "b.parquet")
+    rc = cli.main(["profiles", "select", str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet"),
+                   str(tmp_path / "o.parquet")])
+    assert rc == 4 and "feature columns differ" in capsys.readouterr().err
+
+
+def test_read_profiles_matches_pandas(tmp_path):
+    from cytoscreen.profiles.command import read_profiles
+
+    df = synthetic_wells(plates=2)
+    df.loc[3, "f2"] = np.nan
+    df["QC_blurry"] = False
+    path = tmp_path / "w.parquet"
+    io.write_parquet(df, path)
+    got = read_profiles(path)
+    pd.testing.assert_frame_equal(got, pd.read_parquet(path))
+    feats = io.feature_columns(got)
+    x = got[feats].to_numpy(copy=False)
+    assert np.shares_memory(x, got[feats].to_numpy(copy=False))  # one block, no copy
+    df["f0"] = df["f0"].astype(np.float64)  # mixed float widths: float64 matrix
+    io.write_parquet(df, path)
+    got = read_profiles(path)
+    assert (got[feats].dtypes == np.float64).all()
+    df["f1"] = "text"  # a non-float feature: the generic reader (and later a clear error)
+    io.write_parquet(df, path)
+    assert read_profiles(path)["f1"].iloc[0] == "text"
