@@ -47,7 +47,7 @@ SELECT_OPERATIONS = (
     "blocklist",
     "drop_outliers",
 )
-DEFAULT_OPERATIONS = ("drop_na_columns", "variance_threshold", "correlation_threshold")
+DEFAULT_OPERATIONS = ("drop_na_columns", "variance_threshold", "correlation_threshold", "drop_outliers")
 CORRELATION_METHODS = ("pearson", "spearman")
 
 #: Rows per block of the float64 Gram matrix in the correlation filter.
