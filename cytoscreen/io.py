@@ -176,6 +176,12 @@ def provenance(stage: str, **extra: Any) -> dict[str, Any]:
 
 
 # --- atomic writes ------------------------------------------------------------------------------
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -186,6 +192,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates files 0600; give the output the permissions a plain open() would
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -396,3 +404,10 @@ def neighbor_similarity_column(rank: int) -> str:
 #: Which control-well set a well was in when the novelty model was trained: train, val,
 #: calibration, or none (not a control well of the split).
 NOVELTY_SPLIT = "Metadata_Novelty_Split"
+
+# --- added by the segment stage (segmentation.parquet, qc_segmented.parquet) ---------------------
+#: Per-site nucleus and cell counts from Cellpose (nullable integers; Metadata_ so never features).
+COUNT_NUCLEI = "Metadata_Count_Nuclei"
+COUNT_CELLS = "Metadata_Count_Cells"
+#: Site whose nucleus count is a robust low outlier against the plate's negcon sites.
+QC_LOW_COUNT = "QC_low_count"

@@ -44,6 +44,17 @@ def test_write_parquet_is_atomic_and_keeps_provenance(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]
 
 
+def test_outputs_get_umask_permissions_not_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        io.write_text("x", tmp_path / "r.html")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.html").stat().st_mode & 0o777 == 0o644
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "x.parquet"
     with pytest.raises(RuntimeError):
