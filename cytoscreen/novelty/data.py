@@ -95,14 +95,20 @@ def check_profiles(
     if not features:
         raise InputDataError(f"{source}: no feature columns (every column starts with Metadata_ or QC_)")
     check_numeric_features(profiles, features, source=source)
-    values = profiles[features].to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        cols = [features[i] for i in np.flatnonzero(bad.any(axis=0))]
+    n_bad, bad_cols, bad_rows = 0, [], np.zeros(len(profiles), dtype=bool)
+    for start in range(0, len(features), 256):  # column blocks bound the memory used
+        block = features[start : start + 256]
+        bad = ~np.isfinite(profiles[block].to_numpy(dtype=np.float32, na_value=np.nan))
+        if bad.any():
+            n_bad += int(bad.sum())
+            bad_cols += [block[i] for i in np.flatnonzero(bad.any(axis=0))]
+            bad_rows |= bad.any(axis=1)
+    if n_bad:
+        cols = bad_cols
         shown = ", ".join(cols[:5]) + (" ..." if len(cols) > 5 else "")
         raise InputDataError(
-            f"{source}: {int(bad.sum()):,} NaN or infinite value(s) in {len(cols)} feature "
-            f"column(s) ({shown}) across {int(bad.any(axis=1).sum()):,} row(s); the autoencoder "
+            f"{source}: {n_bad:,} NaN or infinite value(s) in {len(cols)} feature "
+            f"column(s) ({shown}) across {int(bad_rows.sum()):,} row(s); the autoencoder "
             f"needs complete profiles: drop these features (profiles feature selection, NA filter) "
             f"or the affected wells"
         )
@@ -173,6 +179,7 @@ def split_wells(
             min_train_wells + min_val_wells + min_calibration_wells,
             int(np.ceil(min_val_wells / val_fraction)),
             int(np.ceil(min_calibration_wells / calibration_fraction)),
+            int(np.ceil(min_train_wells / (1 - val_fraction - calibration_fraction))),
         )
         raise InputDataError(
             f"{source}: too few control wells: {n} well(s) with {PERT_TYPE} == {reference!r} "
@@ -281,7 +288,7 @@ class NoveltyDataModule(pl.LightningDataModule):
         is_ref = (self.profiles[PERT_TYPE].astype(str) == self.split_options["reference"]).to_numpy()
         for name in SPLIT_NAMES:
             rows = np.flatnonzero((labels == name) & is_ref)
-            x = self.profiles[self.features].iloc[rows].to_numpy(dtype=np.float32)
+            x = self.profiles.iloc[rows][self.features].to_numpy(dtype=np.float32)
             self._sets[name] = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)))
         logger.info(
             "%s: %s-level rows for training %d, validation %d, calibration %d (%d features)",

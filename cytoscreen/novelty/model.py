@@ -17,11 +17,12 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def _mlp(sizes: Sequence[int], *, dropout: float, last_activation: bool) -> nn.Sequential:
+def _mlp(sizes: Sequence[int], *, dropout: float) -> nn.Sequential:
+    """Linear layers of the given widths with GELU and dropout between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2 or last_activation:
+        if i < len(sizes) - 2:
             layers.append(nn.GELU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -31,13 +32,20 @@ def _mlp(sizes: Sequence[int], *, dropout: float, last_activation: bool) -> nn.S
 class NoveltyAutoencoder(pl.LightningModule):
     """MLP autoencoder over one row of features (a well or site profile).
 
+    Encoder and decoder each have a linear path and, when ``hidden_sizes`` is not empty, an MLP
+    path added to it: ``z = A x + f(x)``, ``x_hat = B z + g(z)``.  With no hidden layers the model
+    is a linear autoencoder (it learns the principal subspace of the controls), which is the
+    default because it is the most accurate with a few hundred control wells; the MLP paths model
+    nonlinear structure when there are enough control rows to fit them.
+
     Parameters
     ----------
     features
         Feature column names, in the order the model expects them; scoring refuses a table whose
         feature columns differ.
     hidden_sizes
-        Widths of the encoder's hidden layers (the decoder mirrors them).
+        Widths of the hidden layers of the encoder's MLP path (the decoder mirrors them); empty
+        for a linear autoencoder.
     latent_size
         Width of the bottleneck.
     dropout
@@ -52,11 +60,11 @@ class NoveltyAutoencoder(pl.LightningModule):
     def __init__(
         self,
         features: Sequence[str],
-        hidden_sizes: Sequence[int] = (256, 64),
+        hidden_sizes: Sequence[int] = (),
         latent_size: int = 16,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
         noise_std: float = 0.0,
-        learning_rate: float = 1e-3,
+        learning_rate: float = 3e-3,
         weight_decay: float = 1e-4,
     ) -> None:
         super().__init__()
@@ -74,19 +82,30 @@ class NoveltyAutoencoder(pl.LightningModule):
                 "weight_decay": float(weight_decay),
             }
         )
-        n = len(features)
-        self.encoder = _mlp([n, *hidden_sizes, int(latent_size)], dropout=dropout,
-                            last_activation=False)
-        self.decoder = _mlp([int(latent_size), *reversed(hidden_sizes), n], dropout=dropout,
-                            last_activation=False)
+        n, k = len(features), int(latent_size)
+        # linear paths (a PCA-like autoencoder on their own) plus MLP paths for the nonlinear rest
+        self.encoder_linear = nn.Linear(n, k)
+        self.decoder_linear = nn.Linear(k, n)
+        self.encoder = _mlp([n, *hidden_sizes, k], dropout=dropout) if hidden_sizes else None
+        self.decoder = _mlp([k, *reversed(hidden_sizes), n], dropout=dropout) if hidden_sizes else None
 
     @property
     def features(self) -> list[str]:
         return list(self.hparams["features"])
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent code of ``x`` (rows x latent_size)."""
+        z = self.encoder_linear(x)
+        return z if self.encoder is None else z + self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from latent codes."""
+        x = self.decoder_linear(z)
+        return x if self.decoder is None else x + self.decoder(z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction of ``x`` (rows x features)."""
-        return self.decoder(self.encoder(x))
+        return self.decode(self.encode(x))
 
     def _common_step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss (mean squared error) and per-row errors of one batch; shared by every loop."""
@@ -135,3 +154,44 @@ class NoveltyAutoencoder(pl.LightningModule):
             lr=self.hparams["learning_rate"],
             weight_decay=self.hparams["weight_decay"],
         )
+
+
+def load_checkpoint(path) -> tuple[NoveltyAutoencoder, dict]:
+    """The model and the data module's saved state (control-well split) from a checkpoint.
+
+    Raises
+    ------
+    ModelError
+        The file is missing, unreadable, or not a novelty checkpoint.
+    """
+    from pathlib import Path
+
+    from cytoscreen.errors import ModelError
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: checkpoint not found; run `cytoscreen novelty train` first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise ModelError(
+            f"{path}: cannot read checkpoint ({type(err).__name__}: {err}); retrain it"
+        ) from err
+    state = ckpt.get(DATAMODULE_KEY) if isinstance(ckpt, dict) else None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not state or not hparams or "features" not in hparams or "split" not in state:
+        raise ModelError(
+            f"{path}: not a cytoscreen novelty checkpoint (no feature list or control-well split); "
+            f"train it with `cytoscreen novelty train`"
+        )
+    try:
+        model = NoveltyAutoencoder(**dict(hparams))
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as err:
+        raise ModelError(f"{path}: checkpoint does not match the novelty model ({err})") from err
+    model.eval()
+    return model, dict(state)
+
+
+#: Key under which Lightning stores the data module's ``state_dict`` in a checkpoint.
+DATAMODULE_KEY = "NoveltyDataModule"

@@ -9,17 +9,19 @@ and checkpointing watch the validation loss of the held-out validation wells.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
@@ -46,18 +48,34 @@ DATA_KEYS = (
     "seed",
 )
 MONITOR = "val_loss"
+#: Checkpoint key of the provenance record.
+PROVENANCE_KEY = "cytoscreen"
 
 # Lightning hints that do not apply to small in-memory tables logged once per epoch.
 _QUIET_WARNINGS = (
     ".*does not have many workers.*",
     ".*is smaller than the logging interval.*",
-    ".*srun. command is available on your system but is not used.*",
+    # Lightning 2.6 on torch 2.13 internals; nothing a user can act on
+    ".*LeafSpec.* is deprecated.*",
 )
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence the Lightning hints in ``_QUIET_WARNINGS`` (and only those)."""
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Outcome of :func:`train` on this process."""
+    """Outcome of :func:`train` on this process.
+
+    ``model`` holds the weights of ``checkpoint`` (the epoch with the lowest ``val_loss``) on the
+    global-zero process, in eval mode; ``epochs`` is the number of epochs run.
+    """
 
     model: NoveltyAutoencoder
     split: NoveltySplit
@@ -82,6 +100,16 @@ class _EpochLog(Callback):
         logger.info("epoch %d/%s: %s", trainer.current_epoch + 1, trainer.max_epochs, " ".join(parts))
 
 
+class _Provenance(Callback):
+    """Stores a provenance record in every checkpoint under ``"cytoscreen"``."""
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        self.record = dict(record)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[PROVENANCE_KEY] = dict(self.record)
+
+
 def is_rank_zero_process() -> bool:
     """True unless the environment marks this process as a non-zero rank of a distributed run.
 
@@ -104,10 +132,11 @@ def build_trainer(
     *,
     root_dir: str | os.PathLike,
     log_dir: str | os.PathLike | None = None,
-    patience: int = 10,
+    patience: int = 20,
     min_delta: float = 0.0,
     auto_requeue: bool = True,
     progress_bar: bool | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
     """A Trainer from the ``novelty.trainer`` settings, with early stopping and checkpointing.
 
@@ -126,6 +155,8 @@ def build_trainer(
         ``SLURMEnvironment(auto_requeue=...)`` when running under SLURM (srun).
     progress_bar
         Default: on only when stderr is a terminal, so Snakemake logs stay plain.
+    provenance
+        Record stored in every checkpoint (key ``"cytoscreen"``).
 
     Raises
     ------
@@ -148,8 +179,12 @@ def build_trainer(
         EarlyStopping(monitor=MONITOR, mode="min", patience=int(patience), min_delta=float(min_delta)),
         _EpochLog(),
     ]
+    if provenance:
+        callbacks.append(_Provenance(provenance))
     plugins = list(options.pop("plugins", None) or [])
-    if SLURMEnvironment.detect():
+    with _quiet_lightning():
+        on_slurm = SLURMEnvironment.detect()
+    if on_slurm:
         plugins.append(SLURMEnvironment(auto_requeue=bool(auto_requeue)))
         logger.info("running under SLURM (auto_requeue=%s)", bool(auto_requeue))
     options.setdefault("enable_progress_bar", sys.stderr.isatty() if progress_bar is None else progress_bar)
@@ -160,7 +195,8 @@ def build_trainer(
     if plugins:
         options["plugins"] = plugins
     try:
-        trainer = pl.Trainer(**options)
+        with _quiet_lightning():
+            trainer = pl.Trainer(**options)
     except TypeError as err:
         raise ConfigError(
             f"novelty.trainer: {err}; keys under novelty.trainer must be arguments of "
@@ -187,6 +223,7 @@ def train(
     root_dir: str | os.PathLike,
     log_dir: str | os.PathLike | None = None,
     source: str = "profiles",
+    provenance: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train the autoencoder on the control rows of ``profiles``.
 
@@ -200,6 +237,8 @@ def train(
         Work folder for checkpoints; the best checkpoint is ``result.checkpoint`` inside it.
     log_dir
         Folder for the per-epoch CSV metrics; default ``root_dir``.
+    provenance
+        Record stored in the checkpoint.
 
     Returns
     -------
@@ -216,18 +255,21 @@ def train(
         novelty.get("trainer", {}),
         root_dir=root_dir,
         log_dir=log_dir,
-        patience=int(novelty.get("patience", 10)),
+        patience=int(novelty.get("patience", 20)),
         min_delta=float(novelty.get("min_delta", 0.0)),
         auto_requeue=bool(novelty.get("auto_requeue", True)),
+        provenance=provenance,
     )
-    with warnings.catch_warnings():
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
+    with _quiet_lightning():
         trainer.fit(model, datamodule=dm)
-    best = ckpt_cb.best_model_path
-    if not best:  # fast_dev_run or no validation: keep the final weights
-        best = str(Path(root_dir) / "checkpoints" / "last.ckpt")
-        trainer.save_checkpoint(best)
+        best = ckpt_cb.best_model_path
+        if not best:  # fast_dev_run or no validation: keep the final weights
+            best = str(Path(root_dir) / "checkpoints" / "last.ckpt")
+            trainer.save_checkpoint(best)
+        elif trainer.is_global_zero:  # the returned model is the checkpoint's (best) epoch
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            model.load_state_dict(state)
+    model.eval()
     score = ckpt_cb.best_model_score
     result = TrainResult(
         model=model,
