@@ -93,7 +93,8 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # third-party chatter stays at warning unless -vv
-    for noisy in ("matplotlib", "numba", "PIL", "fsspec", "asyncio", "urllib3"):
+    for noisy in ("matplotlib", "numba", "PIL", "fsspec", "asyncio", "urllib3", "pytorch_lightning",
+                  "lightning_fabric", "lightning", "lightning.pytorch"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 

@@ -200,7 +200,6 @@ def list_backbones() -> list[str]:
 def backbone_spec(name: str) -> BackboneSpec:
     """The registered spec of ``name`` without building the network or resolving weights."""
     if name.startswith(TIMM_PREFIX):
-        arch = name[len(TIMM_PREFIX) :]
         return BackboneSpec(
             name=name, embedding_dim=0, input_px=0, weights_source="file (features.weights)",
             requires="timm",
@@ -431,7 +430,48 @@ def _efficientnet_lite(variant: str, spec: BackboneSpec, weights: str | None) ->
     trunk = _EfficientNetLiteTrunk(net)
     if weights is not None:
         load_weights(net, weights, name=spec.name)
+    _fuse_for_inference(net)
     return trunk
+
+
+_CONV_BN_PAIRS = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))
+_BLOCK_CONV_BN_PAIRS = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+
+
+def _fuse_for_inference(net: nn.Module) -> None:
+    """Inference-only rewrite of an EfficientNet-Lite, numerically equal up to float rounding.
+
+    Folds each BatchNorm into the convolution before it (eval statistics), turns symmetric static
+    "same" padding into the convolution's own padding (saves a copy) and makes ReLU6 in place;
+    on CPU this is about a third faster.  The weights checksum still refers to the file.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    net.eval()
+
+    def fuse(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+        conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
+        if conv is None or not isinstance(bn, nn.BatchNorm2d):
+            return
+        fused = fuse_conv_bn_eval(conv, bn)
+        pad = getattr(fused, "static_padding", None)
+        if isinstance(pad, nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                fused.padding = (top, left)
+                fused.static_padding = nn.Identity()
+        setattr(owner, conv_name, fused)
+        setattr(owner, bn_name, nn.Identity())
+
+    for conv_name, bn_name in _CONV_BN_PAIRS:
+        fuse(net, conv_name, bn_name)
+    for block in net._blocks:
+        for conv_name, bn_name in _BLOCK_CONV_BN_PAIRS:
+            fuse(block, conv_name, bn_name)
+        if isinstance(block._swish, nn.ReLU6):
+            block._swish = nn.ReLU6(inplace=True)
+    if isinstance(net._swish, nn.ReLU6):
+        net._swish = nn.ReLU6(inplace=True)
 
 
 # Widths checked against the package: the head is fixed at 1280 for all Lite variants; the

@@ -1,1 +1,30 @@
-# features stage: rules are added by its issue.
+# Features stage: segmentation-free CNN embeddings, one job per plate (one row per site).
+#
+# features.gpus (config) is the number of GPUs the job asks the scheduler for (resource gpu, which
+# the SLURM profile turns into --gpus); features.accelerator/devices tell Lightning what to use.
+# The well-level aggregate (wells.parquet) is made by the profiles stage from sites.parquet.
+
+
+rule features:
+    input:
+        images=f"{RESULTS}/{{plate}}/images.parquet",
+        qc=f"{RESULTS}/{{plate}}/qc.parquet",
+    output:
+        f"{RESULTS}/{{plate}}/sites.parquet",
+    log:
+        f"{RESULTS}/logs/features/{{plate}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/features/{{plate}}.tsv"
+    params:
+        cfg=CONFIGFILE,
+    threads: config["features"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=config["features"]["gpus"],
+    shell:
+        "cytoscreen features --config {params.cfg} --plate {wildcards.plate} "
+        "--images {input.images} --qc {input.qc} --out {output} --threads {threads} > {log} 2>&1"
+
+
+FEATURES_OUTPUTS = expand(f"{RESULTS}/{{plate}}/sites.parquet", plate=PLATES)

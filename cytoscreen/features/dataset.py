@@ -1,0 +1,355 @@
+"""Sites to embed: the site table from ``images.parquet`` + ``qc.parquet`` and the Dataset reading it.
+
+:func:`build_site_table` turns one-row-per-image-file into one-row-per-site (every channel's path
+and frame), checks completeness, joins the QC flags and drops ``QC_unreadable`` sites (returned
+as ``skipped`` so the caller can log them).  Rows are sorted by plate, row, column and site, and
+a site's position in that order is its dataset index, so the output order never depends on how
+the work was split across devices.
+
+:class:`SiteDataset` reads all channels of one site (TIFF page or Zarr plane through
+``cytoscreen.io.read_image``) and preprocesses them in the DataLoader worker.
+:func:`fit_reference` streams the reference sites once to fit the per-plate illumination
+functions and the negcon intensity levels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cytoscreen import io
+from cytoscreen.errors import InputDataError
+from cytoscreen.features import preprocess as pp
+
+logger = logging.getLogger(__name__)
+
+UNREADABLE = "QC_unreadable"
+NEGCON = "negcon"
+
+
+@dataclass(frozen=True, eq=False)
+class SiteTable:
+    """One row per site to embed.
+
+    Attributes
+    ----------
+    sites
+        ``Metadata_*`` columns that are constant within a site, then the ``QC_*`` flags; sorted
+        by site keys with a 0..n-1 index (= dataset index).
+    channels
+        Channel names in embedding order.
+    paths, frames
+        ``(n_sites, n_channels)`` arrays: the image file and frame of every site and channel.
+    skipped
+        Site keys of the sites left out because they are flagged ``QC_unreadable``.
+    """
+
+    sites: pd.DataFrame
+    channels: tuple[str, ...]
+    paths: np.ndarray
+    frames: np.ndarray
+    skipped: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def qc_passed(self) -> np.ndarray:
+        """Boolean mask of sites with every ``QC_*`` flag False."""
+        flags = io.qc_columns(self.sites)
+        if not flags:
+            return np.ones(len(self.sites), bool)
+        return ~self.sites[flags].fillna(False).astype(bool).any(axis=1).to_numpy()
+
+
+def site_label(row: pd.Series | dict) -> str:
+    """``P1 A01 s2`` for messages."""
+    return f"{row.get(io.PLATE, '?')} {row.get(io.WELL, '?')} s{row.get(io.SITE, '?')}"
+
+
+def _sort_keys(df: pd.DataFrame) -> list[str]:
+    if io.ROW in df.columns and io.COL in df.columns:
+        return [io.PLATE, io.ROW, io.COL, io.WELL, io.SITE]
+    return [io.PLATE, io.WELL, io.SITE]
+
+
+def build_site_table(
+    images: pd.DataFrame,
+    qc: pd.DataFrame | None = None,
+    *,
+    channels: Sequence[str] = (),
+    source: str = "images.parquet",
+    qc_source: str = "qc.parquet",
+) -> SiteTable:
+    """Pivot the image table to sites, join QC flags and drop ``QC_unreadable`` sites.
+
+    Parameters
+    ----------
+    images
+        ``images.parquet`` rows: site keys, ``Metadata_Channel``, ``path``, ``frame`` (optional,
+        -1 = whole file) and platemap columns.
+    qc
+        ``qc.parquet`` rows (one per site) with bool ``QC_*`` flags, or None for no QC.
+    channels
+        Channels to embed, in this order; empty means every channel in order of first appearance
+        (ingest writes images.parquet in the order of the config's ``channels`` mapping).
+
+    Raises
+    ------
+    InputDataError
+        Missing columns, a site without one of the channels (naming the site's files), a channel
+        listed twice for a site, sites missing from the QC table, or nothing left to embed.
+    """
+    need = [*io.SITE_KEYS, io.CHANNEL, io.PATH]
+    missing_cols = [c for c in need if c not in images.columns]
+    if missing_cols:
+        raise InputDataError(f"{source}: missing column(s) {', '.join(missing_cols)}; rerun cytoscreen ingest")
+    if images.empty:
+        raise InputDataError(f"{source}: no images listed")
+    df = images.copy()
+    if io.FRAME not in df.columns:
+        df[io.FRAME] = -1
+    df[io.CHANNEL] = df[io.CHANNEL].astype(str)
+    # channel order: first appearance in images.parquet, which ingest writes in the order of the
+    # config's `channels` mapping
+    present = list(dict.fromkeys(df[io.CHANNEL]))
+    if channels:
+        unknown = [c for c in channels if c not in present]
+        if unknown:
+            raise InputDataError(
+                f"{source}: channel(s) {', '.join(unknown)} named in features.channels have no "
+                f"images; channels present: {', '.join(present)}"
+            )
+        df = df[df[io.CHANNEL].isin(list(channels))]
+    chans = tuple(channels) if channels else tuple(present)
+
+    keys = list(io.SITE_KEYS)
+    dup = df.duplicated([*keys, io.CHANNEL], keep=False)
+    if dup.any():
+        first = df[dup].iloc[0]
+        files = df[dup & (df[io.WELL] == first[io.WELL]) & (df[io.SITE] == first[io.SITE])
+                   & (df[io.CHANNEL] == first[io.CHANNEL])][io.PATH].tolist()
+        raise InputDataError(
+            f"{source}: {int(dup.sum())} images share a site and channel, e.g. site "
+            f"{site_label(first)} channel {first[io.CHANNEL]}: {', '.join(map(str, files[:3]))}; "
+            f"check the file-name layout"
+        )
+
+    # site-level metadata: Metadata_* columns constant within every site
+    meta_cols = [c for c in io.metadata_columns(df) if c != io.CHANNEL]
+    grouped = df.groupby(keys, sort=False, dropna=False)
+    varying = grouped[meta_cols].nunique(dropna=False).max() if len(df) else pd.Series(dtype=int)
+    site_cols = [c for c in meta_cols if c in keys or int(varying.get(c, 0)) <= 1]
+    sites = grouped[[c for c in site_cols if c not in keys]].first().reset_index()
+    sites = sites[[c for c in site_cols]]
+
+    site_index = pd.MultiIndex.from_frame(sites[keys])
+    paths = _pivot(df, keys, io.PATH).reindex(site_index)[list(chans)].to_numpy(object)
+    frames = _pivot(df, keys, io.FRAME).reindex(site_index)[list(chans)].to_numpy()
+    holes = pd.isna(paths)
+    if holes.any():
+        bad_rows = np.flatnonzero(holes.any(axis=1))
+        examples = []
+        for r in bad_rows[:3]:
+            rec = sites.iloc[r]
+            lacking = [chans[c] for c in np.flatnonzero(holes[r])]
+            have = [str(p) for p in paths[r] if not pd.isna(p)]
+            examples.append(f"site {site_label(rec)} lacks {', '.join(lacking)} (has {', '.join(have[:3])})")
+        raise InputDataError(
+            f"{source}: {len(bad_rows)} site(s) miss a channel: {'; '.join(examples)}; every site "
+            f"needs every channel of features.channels ({', '.join(chans)})"
+        )
+    frames = frames.astype(np.int64)
+
+    skipped = sites.iloc[0:0][keys]
+    if qc is not None:
+        sites, keep = _join_qc(sites, qc, keys, source=source, qc_source=qc_source)
+        skipped = sites.loc[~keep, keys].reset_index(drop=True)
+        sites, paths, frames = sites[keep], paths[keep], frames[keep]
+
+    order = sites.sort_values(_sort_keys(sites), kind="stable").index.to_numpy()
+    pos = sites.index.get_indexer(order)
+    sites = sites.loc[order].reset_index(drop=True)
+    paths, frames = paths[pos], frames[pos]
+    if sites.empty:
+        raise InputDataError(
+            f"{source}: no site left to embed ({len(skipped)} flagged {UNREADABLE}); check the "
+            f"images and {qc_source}"
+        )
+    return SiteTable(sites=sites, channels=chans, paths=paths, frames=frames, skipped=skipped)
+
+
+def _pivot(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    return df.set_index([*keys, io.CHANNEL])[value].unstack(io.CHANNEL)
+
+
+def _join_qc(sites: pd.DataFrame, qc: pd.DataFrame, keys: list[str], *, source: str,
+             qc_source: str) -> tuple[pd.DataFrame, np.ndarray]:
+    missing_cols = [k for k in keys if k not in qc.columns]
+    if missing_cols:
+        raise InputDataError(f"{qc_source}: missing column(s) {', '.join(missing_cols)}; rerun cytoscreen qc")
+    flags = io.qc_columns(qc)
+    q = qc[keys + flags].copy()
+    for k in keys:
+        if q[k].dtype != sites[k].dtype:
+            try:
+                q[k] = q[k].astype(sites[k].dtype)
+            except (TypeError, ValueError) as err:
+                raise InputDataError(f"{qc_source}: column {k} does not match {source} ({err})") from err
+    if q.duplicated(keys).any():
+        raise InputDataError(f"{qc_source}: some sites are listed twice; rerun cytoscreen qc")
+    merged = sites.merge(q, on=keys, how="left", indicator=True)
+    absent = merged["_merge"] == "left_only"
+    if absent.any():
+        ex = ", ".join(site_label(r) for _, r in merged[absent].head(3).iterrows())
+        raise InputDataError(
+            f"{qc_source}: {int(absent.sum())} site(s) of {source} have no QC row (e.g. {ex}); "
+            f"rerun cytoscreen qc on the current images.parquet"
+        )
+    merged = merged.drop(columns="_merge")
+    for f in flags:
+        merged[f] = merged[f].fillna(False).astype(bool)
+    merged.index = sites.index
+    keep = ~merged[UNREADABLE].to_numpy() if UNREADABLE in flags else np.ones(len(merged), bool)
+    return merged, keep
+
+
+# --- reading ---------------------------------------------------------------------------------------
+class SiteDataset(Dataset):
+    """Reads and preprocesses all channels of a site.
+
+    Items are ``{"index": int, "image": float32 tensor (C, T, P, P)}`` with T tiles (1 when
+    resizing).  ``mode="levels"`` yields ``(C, 2)`` intensity levels of the fitted, unscaled site
+    instead and ``mode="raw"`` the float images at native size (both for :func:`fit_reference`).
+    """
+
+    def __init__(self, paths: np.ndarray, frames: np.ndarray, prep: pp.Preprocessing, *,
+                 channels: Sequence[str] = (), indices: Sequence[int] | None = None,
+                 mode: str = "embed") -> None:
+        self.paths = [[str(p) for p in row] for row in paths]
+        self.frames = [[int(f) for f in row] for row in frames]
+        self.prep = prep
+        self.channels = tuple(channels) or tuple(f"channel{c}" for c in range(len(self.paths[0]) if self.paths else 0))
+        self.indices = list(range(len(self.paths))) if indices is None else [int(i) for i in indices]
+        if mode not in ("embed", "levels", "raw"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read_raw(self, site: int) -> list[np.ndarray]:
+        """The channel images of site ``site`` (table position) as read from disk."""
+        return [io.read_image(p, f) for p, f in zip(self.paths[site], self.frames[site], strict=True)]
+
+    def _fit(self, site: int, raw: list[np.ndarray]) -> torch.Tensor:
+        prep = self.prep
+        planes = []
+        for c, img in enumerate(raw):
+            illum = prep.illum[c] if prep.illum is not None else None
+            if illum is not None and illum.shape != img.shape:
+                raise InputDataError(
+                    f"{self.paths[site][c]}: image shape {img.shape} differs from the plate's "
+                    f"{self.channels[c]} illumination function {illum.shape}; all images of a "
+                    f"channel must have one size"
+                )
+            planes.append(pp.prepare_channel(img, prep, illum=illum))
+        shapes = {tuple(p.shape) for p in planes}
+        if len(shapes) > 1:
+            sizes = ", ".join(f"{self.channels[c]} {raw[c].shape}" for c in range(len(raw)))
+            raise InputDataError(
+                f"{self.paths[site][0]}: the channels of site {site} differ in size ({sizes}); "
+                f"tiling needs equal sizes, use features.spatial: resize"
+            )
+        return torch.stack(planes)
+
+    def __getitem__(self, i: int):
+        site = self.indices[i]
+        raw = self.read_raw(site)
+        if self.mode == "raw":
+            return {"index": site, "image": [torch.from_numpy(pp.as_float(r)) for r in raw]}
+        fitted = self._fit(site, raw)
+        if self.mode == "levels":
+            levels = [pp.channel_levels(fitted[c], self.prep.percentiles) for c in range(fitted.shape[0])]
+            return {"index": site, "levels": torch.tensor(levels, dtype=torch.float64)}
+        return {"index": site, "image": pp.scale_site(fitted, self.prep)}
+
+
+def _spread(candidates: np.ndarray, max_sites: int) -> np.ndarray:
+    """At most ``max_sites`` (0 = all) positions evenly spread over ``candidates`` (sorted order)."""
+    if max_sites <= 0 or len(candidates) <= max_sites:
+        return candidates
+    picks = np.unique(np.linspace(0, len(candidates) - 1, max_sites).round().astype(int))
+    return candidates[picks]
+
+
+def _stream(dataset: SiteDataset, num_workers: int):
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
+    yield from loader
+
+
+def fit_reference(
+    table: SiteTable,
+    prep: pp.Preprocessing,
+    *,
+    illum_correction: bool = False,
+    illum_sigma_px: float = 50.0,
+    max_sites: int = 128,
+    num_workers: int = 0,
+    plate: str = "",
+) -> pp.Preprocessing:
+    """Fit the plate's illumination functions and negcon levels; return the completed settings.
+
+    Illumination functions come from up to ``max_sites`` QC-passed sites spread over the plate;
+    negcon levels (``scaling="negcon"``) from up to ``max_sites`` QC-passed negcon sites, after
+    illumination correction.  Each pass streams the sites once through a DataLoader.
+
+    Raises
+    ------
+    InputDataError
+        ``scaling="negcon"`` on a plate without QC-passed negcon sites (or without
+        ``Metadata_pert_type``).
+    """
+    passed = np.flatnonzero(table.qc_passed())
+    where = f"plate {plate}" if plate else "plate"
+    if illum_correction:
+        chosen = _spread(passed if len(passed) else np.arange(len(table)), max_sites)
+        ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen, mode="raw")
+        acc = pp.IlluminationAccumulator(len(table.channels))
+        for item in _stream(ds, num_workers):
+            try:
+                acc.add([t.numpy() for t in item["image"]])
+            except ValueError as err:
+                raise InputDataError(
+                    f"{table.paths[item['index']][0]}: {err}; illumination correction needs one image "
+                    f"size per channel"
+                ) from err
+        prep = replace(prep, illum=acc.functions(illum_sigma_px))
+        logger.info("%s: illumination functions from %d sites (sigma %.1f px)", where, acc.count, illum_sigma_px)
+    if prep.scaling == "negcon":
+        if io.PERT_TYPE not in table.sites.columns:
+            raise InputDataError(
+                f"{where}: {io.PERT_TYPE} missing from images.parquet, so negcon wells are unknown; "
+                f"join a platemap in ingest or set features.scaling: image"
+            )
+        is_neg = (table.sites[io.PERT_TYPE].astype(str) == NEGCON).to_numpy()
+        candidates = np.flatnonzero(is_neg & table.qc_passed())
+        if len(candidates) == 0:
+            raise InputDataError(
+                f"{where}: no QC-passed negcon site ({int(is_neg.sum())} negcon sites in all) to fix "
+                f"the intensity scale; mark negcon wells in the platemap or set features.scaling: image"
+            )
+        chosen = _spread(candidates, max_sites)
+        ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen, mode="levels")
+        per_site = np.stack([item["levels"].numpy() for item in _stream(ds, num_workers)])
+        levels = pp.reference_levels(per_site)
+        prep = replace(prep, levels=levels)
+        shown = ", ".join(f"{c} {lo:.4g}-{hi:.4g}" for c, (lo, hi) in zip(table.channels, levels, strict=True))
+        logger.info("%s: negcon intensity levels from %d sites: %s", where, len(chosen), shown)
+    return prep
+

@@ -1,0 +1,211 @@
+"""Per-channel preprocessing of one site before the backbone: pure array functions.
+
+The order, for each channel of a site:
+
+1. **to float** (8-bit, 16-bit and float images; NaN/inf become 0; with ``scaling: dtype`` the
+   image is divided by its dtype's full-scale value),
+2. **illumination correction** (optional): divide by the plate's illumination function for the
+   channel, a heavily smoothed mean image normalised to mean 1 (CellProfiler's
+   CorrectIlluminationCalculate with the "Regular" method, Gaussian smoothing),
+3. **resize or tile** to the backbone's input (antialiased bilinear; ``tile`` cuts a centred grid
+   of ``tile_px`` squares at native resolution, each resized to the input size),
+4. **intensity scaling** to [0, 1] with clipping:
+
+   ``negcon`` (default)
+       fixed per plate and channel: ``lo``/``hi`` are the medians, over the plate's QC-passed
+       negcon sites, of each site's lower/upper percentile.  One affine map for every site keeps
+       intensity differences between treatments (a brighter DNA stain stays brighter), which a
+       profiling readout needs; per-image scaling would erase them.
+   ``image``
+       per image percentile clip (``lo``/``hi`` of the image itself): removes plate and site
+       intensity drift but also real intensity phenotypes.
+   ``dtype``
+       divide by the dtype's full scale (65535 for 16-bit); no data-driven scaling.
+
+Scaling is computed on the resized image (resizing is linear and preserves constants, so it
+commutes with the affine map up to the final clip), which keeps percentiles cheap.  A constant or
+all-zero image maps to a constant (zero) image, so features stay finite.  Replication of the grey
+channel to RGB and ImageNet mean/std normalisation happen on the device (``embed.SiteEmbedder``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cytoscreen import io
+from cytoscreen.errors import ConfigError
+
+SCALING_METHODS: tuple[str, ...] = ("negcon", "image", "dtype")
+SPATIAL_MODES: tuple[str, ...] = ("resize", "tile")
+DEFAULT_PERCENTILES: tuple[float, float] = (0.1, 99.9)
+#: Lowest value of a normalised illumination function (avoids blowing up dark corners).
+ILLUM_FLOOR = 0.05
+_EPS = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class Preprocessing:
+    """Everything the dataset needs to turn raw channel images into backbone inputs.
+
+    ``levels`` (``(n_channels, 2)``: lo, hi in raw units after illumination correction) is set
+    for ``scaling="negcon"`` by :func:`cytoscreen.features.dataset.fit_reference`; ``illum`` holds
+    one illumination function per channel when correction is on.
+    """
+
+    input_px: int
+    spatial: str = "resize"
+    tile_px: int | None = None
+    scaling: str = "negcon"
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    levels: np.ndarray | None = None
+    illum: tuple[np.ndarray, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.spatial not in SPATIAL_MODES:
+            raise ConfigError(
+                f"features.spatial: unknown mode {self.spatial!r}; choose one of {', '.join(SPATIAL_MODES)}"
+            )
+        if self.scaling not in SCALING_METHODS:
+            raise ConfigError(
+                f"features.scaling: unknown method {self.scaling!r}; choose one of "
+                f"{', '.join(SCALING_METHODS)}"
+            )
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(
+                f"features.scaling_percentiles: need 0 <= low < high <= 100, got {list(self.percentiles)}"
+            )
+        if self.input_px < 1 or (self.tile_px is not None and self.tile_px < 1):
+            raise ConfigError("features.tile_px and the backbone input size must be positive")
+
+    @property
+    def tile_size(self) -> int:
+        """Native-resolution tile side (``tile_px``, or the backbone input size)."""
+        return int(self.tile_px or self.input_px)
+
+
+# --- per channel ------------------------------------------------------------------------------------
+def as_float(img: np.ndarray, *, dtype_scale: bool = False) -> np.ndarray:
+    """A float32 copy of ``img`` with NaN/inf set to 0; divided by the dtype's full scale if asked."""
+    out = np.array(img, dtype=np.float32, copy=True)  # one copy, also for float32 input
+    if not np.issubdtype(np.asarray(img).dtype, np.integer):
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if dtype_scale:
+        out /= io.image_dtype_max(np.asarray(img))
+    return out
+
+
+def tile_origins(height: int, width: int, tile_px: int) -> list[tuple[int, int]]:
+    """Top-left corners of a centred grid of whole ``tile_px`` tiles (one tile if the image is smaller)."""
+    ny, nx = max(height // tile_px, 1), max(width // tile_px, 1)
+    y0 = max((height - ny * tile_px) // 2, 0)
+    x0 = max((width - nx * tile_px) // 2, 0)
+    return [(y0 + i * tile_px, x0 + j * tile_px) for i in range(ny) for j in range(nx)]
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(N, H, W)`` to ``(N, size, size)``: antialiased bilinear (stretches non-square)."""
+    if x.shape[-2:] == (size, size):
+        return x
+    down = x.shape[-2] > size or x.shape[-1] > size
+    out = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=down)
+    return out[:, 0]
+
+
+def fit_to_input(img: np.ndarray, *, input_px: int, spatial: str = "resize",
+                 tile_px: int | None = None) -> torch.Tensor:
+    """Resize (``(1, P, P)``) or tile (``(T, P, P)``) a float32 2-D image for a P-pixel backbone."""
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+    if spatial == "resize":
+        return _resize(x[None], input_px)
+    size = int(tile_px or input_px)
+    h, w = x.shape
+    tiles = [x[y : y + size, xx : xx + size] for y, xx in tile_origins(h, w, size)]
+    return _resize(torch.stack(tiles), input_px) if tiles[0].shape == (size, size) else _resize(x[None], input_px)
+
+
+def prepare_channel(img: np.ndarray, prep: Preprocessing, *, illum: np.ndarray | None = None) -> torch.Tensor:
+    """Steps 1-3 for one channel image: float, illumination correction, resize or tile."""
+    x = as_float(img, dtype_scale=prep.scaling == "dtype")
+    if illum is not None:
+        x /= illum
+    return fit_to_input(x, input_px=prep.input_px, spatial=prep.spatial, tile_px=prep.tile_size)
+
+
+def channel_levels(x: torch.Tensor | np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES
+                   ) -> tuple[float, float]:
+    """(lo, hi) percentiles of one fitted channel (all tiles together)."""
+    arr = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    lo, hi = np.percentile(arr.reshape(-1), [float(percentiles[0]), float(percentiles[1])])
+    return float(lo), float(hi)
+
+
+def scale_site(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Step 4 for a fitted site ``(C, T, P, P)``: map to [0, 1] per channel (in place) and clip."""
+    if prep.scaling == "dtype":
+        return x.clamp_(0.0, 1.0)
+    if prep.scaling == "negcon":
+        if prep.levels is None:
+            raise ValueError("negcon scaling needs levels; fit them with dataset.fit_reference")
+        levels = np.asarray(prep.levels, dtype=np.float64)
+        if levels.shape[0] != x.shape[0]:
+            raise ValueError(f"levels for {levels.shape[0]} channels, site has {x.shape[0]}")
+    else:
+        levels = np.array([channel_levels(x[c], prep.percentiles) for c in range(x.shape[0])])
+    for c, (lo, hi) in enumerate(levels):
+        x[c].sub_(float(lo)).div_(max(float(hi - lo), _EPS))
+    return x.clamp_(0.0, 1.0)
+
+
+def reference_levels(site_levels: np.ndarray) -> np.ndarray:
+    """Plate levels ``(C, 2)`` from per-site levels ``(S, C, 2)``: the median over sites."""
+    arr = np.asarray(site_levels, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[0] == 0:
+        raise ValueError("need per-site levels of shape (sites, channels, 2)")
+    return np.median(arr, axis=0)
+
+
+# --- illumination ----------------------------------------------------------------------------------
+class IlluminationAccumulator:
+    """Streaming per-channel sum of raw images (float64); memory is one image per channel."""
+
+    def __init__(self, n_channels: int) -> None:
+        self.sums: list[np.ndarray | None] = [None] * n_channels
+        self.count = 0
+
+    def add(self, images: Sequence[np.ndarray]) -> None:
+        """Add one site (one float image per channel, same shape as earlier sites)."""
+        for c, img in enumerate(images):
+            if self.sums[c] is None:
+                self.sums[c] = np.zeros(img.shape, np.float64)
+            elif self.sums[c].shape != img.shape:
+                raise ValueError(f"channel {c}: image shape {img.shape} differs from {self.sums[c].shape}")
+            self.sums[c] += img
+        self.count += 1
+
+    def functions(self, sigma_px: float) -> tuple[np.ndarray, ...]:
+        """One illumination function per channel from the mean images so far."""
+        if self.count == 0:
+            raise ValueError("no images added")
+        return tuple(illumination_function(s / self.count, sigma_px) for s in self.sums)
+
+
+def illumination_function(mean_image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian-smoothed mean image, normalised to mean 1 and floored at :data:`ILLUM_FLOOR`.
+
+    A flat (or all-zero) mean image gives all ones, i.e. no correction.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    img = np.asarray(mean_image, dtype=np.float64)
+    smooth = gaussian_filter(img, sigma=float(sigma_px), mode="nearest") if sigma_px > 0 else img
+    mean = float(smooth.mean())
+    if not np.isfinite(mean) or mean <= 0:
+        return np.ones(img.shape, np.float32)
+    return np.maximum(smooth / mean, ILLUM_FLOOR).astype(np.float32)
