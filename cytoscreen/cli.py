@@ -92,10 +92,23 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)
-    # third-party chatter stays at warning unless -vv
-    for noisy in ("matplotlib", "numba", "PIL", "fsspec", "asyncio", "urllib3", "pytorch_lightning",
-                  "lightning_fabric", "lightning", "lightning.pytorch"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    # third-party chatter stays at warning unless -vv; a filter rather than logger levels, because
+    # some libraries (pytorch_lightning) reset their own logger's level when they are imported
+    if verbose < 2:
+        handler.addFilter(_QuietThirdParty())
+
+
+NOISY_LOGGERS = ("matplotlib", "numba", "PIL", "fsspec", "asyncio", "urllib3", "pytorch_lightning",
+                 "lightning_fabric", "lightning", "cellpose", "umap", "pynndescent")
+
+
+class _QuietThirdParty(logging.Filter):
+    """Drop records below WARNING from chatty third-party libraries."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not any(record.name == n or record.name.startswith(n + ".") for n in NOISY_LOGGERS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

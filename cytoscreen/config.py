@@ -55,7 +55,7 @@ def validate(data: dict[str, Any], schema: Mapping[str, Any], *, source: str) ->
     """Validate ``data`` in place against ``schema``, filling defaults; raise ConfigError."""
     import jsonschema
 
-    cls = _extend_with_default(jsonschema.Draft7Validator)
+    cls = _extend_with_default(jsonschema.Draft202012Validator)
     errors = sorted(cls(schema).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         err = errors[0]

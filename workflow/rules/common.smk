@@ -1,11 +1,17 @@
 # Bookkeeping: config validation (defaults come from the schema), the plate table, path helpers.
 
+from pathlib import Path
+
 from snakemake.utils import validate
 
 from cytoscreen.config import load_plates, write_resolved_config
 
 
 validate(config, "../schemas/config.schema.yaml")
+
+# All rules run the same cytoscreen package. With --use-conda, this one environment (relative to
+# workflow/rules/) is built once and shared by all rules.
+CONDA_ENV = "../../environment.yml"
 
 RESULTS = config["results"]
 REPORTS = config["reports"]
@@ -15,13 +21,14 @@ PLATES = list(PLATE_TABLE.index)
 CONFIGFILE = write_resolved_config(config, f"{RESULTS}/.config/config.yaml")
 
 
-wildcard_constraints:
-    plate="|".join(PLATES),
-
-
 def plate_platemap(wildcards):
     """The platemap TSV of a plate (an input, so editing it re-runs the plate's ingest)."""
     return PLATE_TABLE.loc[wildcards.plate, "platemap"]
+
+
+def results_root(wildcards, output):
+    """The results root, derived from a screen-level output (<results>/screen/<file>)."""
+    return str(Path(output[0]).parents[1])
 
 
 def all_outputs():

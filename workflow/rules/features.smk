@@ -22,6 +22,8 @@ rule features:
         mem_mb=8000,
         runtime=240,
         gpu=config["features"]["gpus"],
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen features --config {params.cfg} --plate {wildcards.plate} "
         "--images {input.images} --qc {input.qc} --out {output} --threads {threads} > {log} 2>&1"

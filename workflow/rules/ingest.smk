@@ -16,6 +16,8 @@ rule ingest:
     resources:
         mem_mb=1000,
         runtime=15,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen ingest --config {params.cfg} --plate {wildcards.plate} --out {output} > {log} 2>&1"
 
@@ -35,6 +37,8 @@ rule qc:
     resources:
         mem_mb=1500,
         runtime=30,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen qc {input} {output} --config {params.cfg} --threads {threads} > {log} 2>&1"
 

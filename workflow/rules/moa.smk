@@ -33,8 +33,10 @@ rule moa:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        CONDA_ENV
     shell:
-        "cytoscreen moa --config {params.cfg} " + MOA_ARGS + " "
+        f"cytoscreen moa --config {{params.cfg}} {MOA_ARGS} "
         "--out {output.moa} --evaluation {output.evaluation} > {log} 2>&1"
 
 

@@ -31,6 +31,8 @@ rule novelty_train:
         mem_mb=16000,
         runtime=240,
         **_NOVELTY_GPU_RESOURCES,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen novelty train {input} --config {params.cfg} --out {output} "
         "--threads {params.threads_per_process} > {log} 2>&1"
@@ -53,6 +55,8 @@ rule novelty_score:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen novelty score {input.profiles} --checkpoint {input.checkpoint} "
         "--config {params.cfg} --out {output.novelty} --residuals {output.residuals} "

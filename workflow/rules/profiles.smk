@@ -25,6 +25,8 @@ rule profiles_aggregate:
     resources:
         mem_mb=2000,
         runtime=15,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen profiles aggregate {input.sites} {output} --qc {input.qc} "
         "--config {params.cfg} > {log} 2>&1"
@@ -45,6 +47,8 @@ rule profiles_normalize:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen profiles normalize {input} {output} --config {params.cfg} > {log} 2>&1"
 
@@ -63,11 +67,13 @@ rule profiles_select:
         f"{RESULTS}/benchmarks/profiles/select.tsv"
     params:
         cfg=CONFIGFILE,
-        results=RESULTS,
+        results=results_root,
     threads: 4
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen profiles select {input} {output.screen} --per-plate-dir {params.results} "
         "--config {params.cfg} > {log} 2>&1"
@@ -88,6 +94,8 @@ rule profiles_consensus:
     resources:
         mem_mb=4000,
         runtime=20,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen profiles consensus {input} {output} --config {params.cfg} > {log} 2>&1"
 

@@ -36,6 +36,8 @@ rule report_plate:
     resources:
         mem_mb=2000,
         runtime=15,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen report plate --config {params.cfg} --plate {wildcards.plate} --qc {input.qc} "
         "--images {input.images} --wells {input.wells} --novelty {input.novelty} --out {output} "
@@ -67,6 +69,8 @@ rule report_index:
     resources:
         mem_mb=4000,
         runtime=15,
+    conda:
+        CONDA_ENV
     shell:
         "cytoscreen report screen --config {params.cfg} --qc {input.qc} --plate-reports {input.plates} "
         "--novelty {input.novelty} --moa {input.moa} --evaluation {input.evaluation} "
