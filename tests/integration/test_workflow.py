@@ -62,10 +62,15 @@ def test_workflow_runs_on_tiny_screen(workdir, cli_env, tiny_screen):
     assert all(sites[c].dtype == "float32" for c in feats[:50]) and sites[feats].notna().all().all()
     assert len(feats) == 3 * 1280  # EfficientNet-Lite0 pooled width, per channel
     # profiles: wells, normalized, screen-level selection and consensus
+    # one site per well: a well whose only site failed QC has no profile (logged, not silent)
     wells = pd.read_parquet(workdir / "results" / "SYN001" / "wells.parquet")
-    assert len(wells) == 96 and (wells[io.N_SITES] <= 1).all()
+    truth = pd.read_csv(tiny_screen / "truth" / "SYN001.tsv", sep="\t")
+    n_failed = int((truth["blurred"] | truth["saturated"]).sum())
+    assert len(wells) == 96 - n_failed and (wells[io.N_SITES] == 1).all()
+    log = (workdir / "results" / "logs" / "profiles" / "aggregate" / "SYN001.log").read_text()
+    assert f"{n_failed} group(s) have no site that passed QC and are left out" in log
     selected = pd.read_parquet(workdir / "results" / "screen" / "feature_selected.parquet")
-    assert len(selected) == 192 and 0 < len(io.feature_columns(selected)) < len(feats)
+    assert len(selected) == 192 - 2 * n_failed and 0 < len(io.feature_columns(selected)) < len(feats)
     consensus = pd.read_parquet(workdir / "results" / "screen" / "consensus.parquet")
     assert len(consensus) == consensus[[io.PERTURBATION, io.CONCENTRATION]].drop_duplicates().shape[0]
     # novelty: strong phenotypes (the poscon) score above negcon wells
