@@ -41,9 +41,10 @@ def _has_slurm() -> bool:
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
     need_slurm = any("slurm" in item.keywords for item in items)
-    skip_slurm = pytest.mark.skip(reason="needs a running SLURM (sinfo does not answer)")
+    skip_slurm = pytest.mark.skip(reason="needs a running SLURM (sinfo does not answer); run "
+                                  "`bash tests/slurm/start.sh` or set CYTOSCREEN_START_SLURM=1")
     has_cuda = _has_cuda() if any("gpu" in item.keywords for item in items) else False
-    has_slurm = _has_slurm() if need_slurm else False
+    has_slurm = (_has_slurm() or os.environ.get("CYTOSCREEN_START_SLURM") == "1") if need_slurm else False
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)

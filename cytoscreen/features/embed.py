@@ -288,18 +288,10 @@ def _resolve_accelerator(accelerator: str) -> str:
 
 
 def _cluster_plugins(settings: FeatureSettings) -> list[Any]:
-    """Inside a one-task SLURM job, let Lightning start its own ranks (one node, several devices).
+    """Lightning's cluster environment for this job (see :mod:`cytoscreen.cluster`)."""
+    from cytoscreen.cluster import lightning_cluster_plugins
 
-    Lightning's SLURM environment expects one srun task per device; a Snakemake SLURM job of this
-    rule is one task holding ``gpus`` GPUs, so there the plain environment is used instead.
-    """
-    import os
-
-    if settings.devices > 1 and settings.num_nodes == 1 and os.environ.get("SLURM_NTASKS") == "1":
-        from lightning_fabric.plugins.environments import LightningEnvironment
-
-        return [LightningEnvironment()]
-    return []
+    return lightning_cluster_plugins(settings.devices, settings.num_nodes)
 
 
 def make_trainer(settings: FeatureSettings, *, callbacks: Sequence[pl.Callback] = (),

@@ -2,8 +2,9 @@
 
 ``novelty.trainer`` keys pass straight to ``pytorch_lightning.Trainer`` (``accelerator``,
 ``devices``, ``strategy``, ``num_nodes``, ``precision``, ``max_epochs``, or any other Trainer
-argument), so the same code runs on one CPU, under DDP on N GPUs, and on SLURM, where Lightning's
-``SLURMEnvironment`` (with ``auto_requeue`` from config) takes over process setup.  Early stopping
+argument), so the same code runs on one CPU, under DDP on N GPUs, and on SLURM (see
+:mod:`cytoscreen.cluster`: in a one-task job Lightning starts the N processes itself; with one task
+per device ``SLURMEnvironment`` with ``auto_requeue`` takes over).  Early stopping
 and checkpointing watch the validation loss of the held-out validation wells.
 """
 
@@ -25,8 +26,8 @@ import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+from cytoscreen.cluster import lightning_cluster_plugins
 from cytoscreen.errors import ComputeError, ConfigError
 from cytoscreen.novelty.data import NoveltyDataModule, NoveltySplit
 from cytoscreen.novelty.model import NoveltyAutoencoder
@@ -152,7 +153,7 @@ def build_trainer(
     patience, min_delta
         Early stopping on ``val_loss``.
     auto_requeue
-        ``SLURMEnvironment(auto_requeue=...)`` when running under SLURM (srun).
+        ``SLURMEnvironment(auto_requeue=...)`` when a SLURM job has one task per device.
     progress_bar
         Default: on only when stderr is a terminal, so Snakemake logs stay plain.
     provenance
@@ -182,11 +183,8 @@ def build_trainer(
     if provenance:
         callbacks.append(_Provenance(provenance))
     plugins = list(options.pop("plugins", None) or [])
-    with _quiet_lightning():
-        on_slurm = SLURMEnvironment.detect()
-    if on_slurm:
-        plugins.append(SLURMEnvironment(auto_requeue=bool(auto_requeue)))
-        logger.info("running under SLURM (auto_requeue=%s)", bool(auto_requeue))
+    plugins += lightning_cluster_plugins(options.get("devices", 1), int(options.get("num_nodes", 1) or 1),
+                                         auto_requeue=bool(auto_requeue))
     options.setdefault("enable_progress_bar", sys.stderr.isatty() if progress_bar is None else progress_bar)
     options.setdefault("default_root_dir", str(root_dir))
     if "logger" not in options:
