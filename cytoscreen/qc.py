@@ -12,7 +12,7 @@ features):
 Flags (bool ``QC_*``) are robust outliers within the plate, median and MAD over readable sites:
 ``QC_blurry`` (median over channels of the log-focus z < -blur_z), ``QC_saturated`` (saturated fraction above
 ``saturation_fraction`` and z > saturation_z in any channel), ``QC_empty`` (median over channels of the
-log-contrast z < -empty_z) and ``QC_unreadable`` (any channel could not be decoded; recorded, not raised).
+robust z of the log 99.9th percentile < -empty_z: no bright structure, i.e. no cells) and ``QC_unreadable`` (any channel could not be decoded; recorded, not raised).
 Images are read in batches of sites, so memory is bounded by a batch, never a plate.
 """
 
@@ -151,7 +151,7 @@ def _median_over_channels(z: list[np.ndarray]) -> np.ndarray:
 
 
 def flag(metrics: pd.DataFrame, *, channels: Sequence[str], blur_z: float = 3.5,
-         saturation_fraction: float = 0.002, saturation_z: float = 3.5, empty_z: float = 4.0,
+         saturation_fraction: float = 0.002, saturation_z: float = 3.5, empty_z: float = 6.0,
          min_sites_for_outliers: int = 8) -> pd.DataFrame:
     """Add the robust per-plate flags to a per-site metrics table (returns a new frame)."""
     out = metrics.copy()
@@ -176,9 +176,10 @@ def flag(metrics: pd.DataFrame, *, channels: Sequence[str], blur_z: float = 3.5,
             zs = np.full(len(plate), np.nan)
             zs[readable] = robust_z(sat[readable])
             saturated |= (sat > saturation_fraction) & (zs > saturation_z)
-            contrast = np.log(np.clip(plate[metric_column(ch, "Contrast")].to_numpy(float), 1e-12, None))
+            # brightest structures, not contrast: a confluent field has low contrast but bright cells
+            bright = np.log(np.clip(plate[metric_column(ch, "P999Intensity")].to_numpy(float), 1e-12, None))
             zc = np.full(len(plate), np.nan)
-            zc[readable] = robust_z(contrast[readable])
+            zc[readable] = robust_z(bright[readable])
             contrast_z.append(zc)
         # defocus blurs every channel, a phenotype changes the texture of one or two: use the median
         blurry = _median_over_channels(focus_z) < -blur_z

@@ -164,7 +164,7 @@ def test_ddp_on_two_cpu_processes_matches_one_device(trained, tmp_path):
            "OMP_NUM_THREADS": "1"}
     env.pop("CYTOSCREEN_DEBUG", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "cytoscreen.cli", "novelty", "train", table, "--config", str(cfg),
+        [sys.executable, "-m", "cytoscreen.cli", "-vv", "novelty", "train", table, "--config", str(cfg),
          "--out", str(tmp_path / "model.ckpt"), "--threads", "1"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400,
     )
