@@ -10,9 +10,14 @@ features):
   ``Contrast`` = P99.9 / median, which is near 1 for a field without cells.
 
 Flags (bool ``QC_*``) are robust outliers within the plate, median and MAD over readable sites:
-``QC_blurry`` (median over channels of the log-focus z < -blur_z), ``QC_saturated`` (saturated fraction above
-``saturation_fraction`` and z > saturation_z in any channel), ``QC_empty`` (median over channels of the
-robust z of the log 99.9th percentile < -empty_z: no bright structure, i.e. no cells) and ``QC_unreadable`` (any channel could not be decoded; recorded, not raised).
+
+- ``QC_blurry``: median over channels of the log-focus z < -blur_z,
+- ``QC_saturated``: saturated fraction above ``saturation_fraction`` and z > saturation_z in any
+  channel,
+- ``QC_empty``: median over channels of the robust z of the log 99.9th percentile < -empty_z (no
+  bright structure, i.e. no cells; a confluent field has low contrast but stays bright),
+- ``QC_unreadable``: a channel could not be decoded (recorded, not raised).
+
 Images are read in batches of sites, so memory is bounded by a batch, never a plate.
 """
 
