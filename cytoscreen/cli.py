@@ -81,6 +81,35 @@ def add_command(subparsers, name: str, module_doc: str | None, **kwargs) -> argp
     )
 
 
+OVERRIDES_DEST = "config_overrides"
+
+
+class ConfigOverride(argparse.Action):
+    """A flag that overrides a config key: stores the value and records that the flag was given,
+    so only flags on the command line override the config (their shown defaults come from the schema)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = dict(getattr(namespace, OVERRIDES_DEST, None) or {})
+        given[self.dest] = values
+        setattr(namespace, OVERRIDES_DEST, given)
+
+
+def section_schema(section: str) -> dict:
+    """The schema entries of a config section's keys (defaults and enums for CLI flags)."""
+    from cytoscreen.config import load_schema
+
+    return load_schema("config")["properties"][section].get("properties", {})
+
+
+def load_config_with_overrides(args: argparse.Namespace, section: str) -> dict:
+    """The validated config of ``args.config`` with the given :class:`ConfigOverride` flags applied."""
+    from cytoscreen.config import load_config
+
+    overrides = dict(getattr(args, OVERRIDES_DEST, None) or {})
+    return load_config(args.config, overrides={section: overrides} if overrides else None)
+
+
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)

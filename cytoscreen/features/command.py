@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cytoscreen.cli import add_command
+from cytoscreen.cli import OVERRIDES_DEST, ConfigOverride, add_command, load_config_with_overrides, section_schema
 
 logger = logging.getLogger(__name__)
 
@@ -40,26 +40,6 @@ OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--scaling", "scaling", str, "intensity scaling: negcon, image or dtype"),
     ("--spatial", "spatial", str, "resize or tile each channel to the backbone input"),
 )
-_DEST = "features_overrides"
-
-
-class _Override(argparse.Action):
-    """Stores the value and records that the flag was given, so only given flags override config."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        given = dict(getattr(namespace, _DEST, None) or {})
-        given[self.dest] = values
-        setattr(namespace, _DEST, given)
-
-
-def _schema_properties() -> dict[str, dict[str, Any]]:
-    """The schema entries of the `features:` keys (defaults and enums come from there)."""
-    from cytoscreen.config import load_schema
-
-    return load_schema("config")["properties"]["features"].get("properties", {})
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, "features", __doc__)
     parser.add_argument("--config", default=None, help="workflow config YAML (schema defaults if omitted)")
@@ -72,13 +52,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     qc.add_argument("--no-qc", action="store_true", help="embed every site, without QC flags")
     parser.add_argument("--out", default=None,
                         help="sites.parquet to write; if omitted, <results>/<plate>/sites.parquet")
-    props = _schema_properties()
+    props = section_schema("features")
     for flag, key, typ, text in OVERRIDES:
         prop = props.get(key, {})
         parser.add_argument(flag, dest=key, type=typ, default=prop.get("default"),
-                            choices=prop.get("enum"), action=_Override,
+                            choices=prop.get("enum"), action=ConfigOverride,
                             help=f"{text} (config: features.{key})")
-    parser.set_defaults(func=run, **{_DEST: None})
+    parser.set_defaults(func=run, **{OVERRIDES_DEST: None})
     return parser
 
 
@@ -86,11 +66,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from cytoscreen import io
-    from cytoscreen.config import load_config
     from cytoscreen.features.embed import FeatureSettings, extract_features
 
-    overrides = dict(getattr(args, _DEST, None) or {})
-    config = load_config(args.config, overrides={"features": overrides} if overrides else None)
+    config = load_config_with_overrides(args, "features")
     settings = FeatureSettings.from_config(config["features"])
     torch.set_num_threads(max(int(settings.threads), 1))
     plate_dir = Path(config["results"]) / args.plate

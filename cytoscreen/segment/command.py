@@ -52,31 +52,12 @@ OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--accelerator", "accelerator", str, "cpu, gpu, or auto (GPU when one is visible)"),
     ("--threads", "threads", int, "torch CPU threads"),
 )
-_DEST = "segment_overrides"
-
-
-class _Override(argparse.Action):
-    """Stores the value and records that the flag was given, so only given flags override config."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        given = dict(getattr(namespace, _DEST, None) or {})
-        given[self.dest] = values
-        setattr(namespace, _DEST, given)
-
-
-def _schema_properties() -> dict[str, dict[str, Any]]:
-    from cytoscreen.config import load_schema
-
-    return load_schema("config")["properties"]["segment"].get("properties", {})
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import HelpFormatter, add_command
+    from cytoscreen.cli import OVERRIDES_DEST, ConfigOverride, HelpFormatter, add_command, section_schema
 
     parser = add_command(subparsers, "segment", __doc__)
     actions = parser.add_subparsers(dest="segment_action", metavar="<action>", required=True)
-    props = _schema_properties()
+    props = section_schema("segment")
 
     def common(p: argparse.ArgumentParser, *, plate: bool = True) -> None:
         p.add_argument("--config", default=None, help="workflow config YAML (schema defaults if omitted)")
@@ -98,9 +79,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     for flag, key, typ, text in OVERRIDES:
         prop = props.get(key, {})
         run_p.add_argument(flag, dest=key, type=typ, default=prop.get("default"),
-                           choices=prop.get("enum"), action=_Override,
+                           choices=prop.get("enum"), action=ConfigOverride,
                            help=f"{text} (config: segment.{key})")
-    run_p.set_defaults(func=run, **{_DEST: None})
+    run_p.set_defaults(func=run, **{OVERRIDES_DEST: None})
 
     qc_p = actions.add_parser("qc", help="join counts into the QC table, add QC_low_count",
                               description=__doc__, formatter_class=HelpFormatter)
@@ -109,9 +90,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     qc_p.add_argument("out", help="qc_segmented.parquet to write")
     common(qc_p, plate=False)
     qc_p.add_argument("--low-count-z", dest="low_count_z", type=float,
-                      default=props.get("low_count_z", {}).get("default"), action=_Override,
+                      default=props.get("low_count_z", {}).get("default"), action=ConfigOverride,
                       help="robust z below which a site is QC_low_count (config: segment.low_count_z)")
-    qc_p.set_defaults(func=run, **{_DEST: None})
+    qc_p.set_defaults(func=run, **{OVERRIDES_DEST: None})
 
     crops_p = actions.add_parser("crops", help="crops around nucleus centres into a Zarr array",
                                  description=__doc__, formatter_class=HelpFormatter)
@@ -138,9 +119,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          help="site-level table; if omitted, <results>/<plate>/single_cell_sites.parquet")
     embed_p.add_argument("--wells", default=None, help="also write the well-level table here (optional)")
     embed_p.add_argument("--accelerator", dest="accelerator", default=props.get("accelerator", {}).get("default"),
-                         choices=props.get("accelerator", {}).get("enum"), action=_Override,
+                         choices=props.get("accelerator", {}).get("enum"), action=ConfigOverride,
                          help="cpu, gpu, or auto (config: segment.accelerator)")
-    embed_p.set_defaults(func=run, **{_DEST: None})
+    embed_p.set_defaults(func=run, **{OVERRIDES_DEST: None})
     return parser
 
 
@@ -152,10 +133,9 @@ def run(args: argparse.Namespace) -> int:
 
 # --- helpers ----------------------------------------------------------------------------------------
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    from cytoscreen.config import load_config
+    from cytoscreen.cli import load_config_with_overrides
 
-    overrides = dict(getattr(args, _DEST, None) or {})
-    return load_config(args.config, overrides={"segment": overrides} if overrides else None)
+    return load_config_with_overrides(args, "segment")
 
 
 def _plate_path(config: dict[str, Any], plate: str, given: str | None, name: str) -> Path:
