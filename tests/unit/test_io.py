@@ -66,7 +66,7 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 
 def test_read_image_tiff_pages_and_errors(tmp_path):
     stack = np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8)
-    tifffile.imwrite(tmp_path / "multi.tif", stack)
+    tifffile.imwrite(tmp_path / "multi.tif", stack, photometric="rgb", planarconfig="separate")  # one page, 3 samples
     assert np.array_equal(io.read_image(tmp_path / "multi.tif", 2), stack[2])
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(InputDataError, match="bad.tif: cannot read image"):
