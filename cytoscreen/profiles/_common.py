@@ -251,6 +251,29 @@ def first_rows(codes: np.ndarray, n_groups: int) -> np.ndarray:
     return first.astype(np.intp)
 
 
+def group_metadata(
+    df: pd.DataFrame, codes: np.ndarray, n_groups: int, *, by: Sequence[str], derived: set[str],
+    source: str, group_noun: str,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Metadata of each group: the ``by`` columns and every ``Metadata_*`` column constant within
+    all groups (the ``derived`` counts excluded), taken from the group's first row; a column that
+    varies within a group is dropped and logged.
+
+    Returns the group metadata table and the row index of each group's first row.
+    """
+    meta = [m for m in io.metadata_columns(df) if m not in derived]
+    constant, varying = constant_columns(df, meta, codes, n_groups)
+    keep = set(constant) | set(by)
+    if varying:
+        logger.info(
+            "%s: dropped %d metadata column(s) that vary within a %s: %s",
+            source, len(varying), group_noun, shown(varying, 8),
+        )
+    first = first_rows(codes, n_groups)
+    out = df.iloc[first].loc[:, [m for m in meta if m in keep]].reset_index(drop=True)
+    return out, first
+
+
 # --- grouped reductions -----------------------------------------------------------------------------
 def group_reduce(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) -> np.ndarray:
     """Per-group median or mean of the rows of ``x`` (NaN skipped, as pandas does).

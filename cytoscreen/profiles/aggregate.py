@@ -149,18 +149,9 @@ def aggregate(
     reduced = c.group_reduce(x, codes, n_groups, method)
     n_sites = np.bincount(codes, minlength=n_groups)
 
-    derived = {io.N_SITES, c.N_SITES_QC_FAILED}
-    meta = [m for m in io.metadata_columns(kept_rows) if m not in derived]
-    constant, varying = c.constant_columns(kept_rows, meta, codes, n_groups)
-    keep_meta = set(constant) | set(by)
-    constant = [m for m in meta if m in keep_meta]
-    if varying:
-        logger.info(
-            "%s: dropped %d metadata column(s) that vary within a group: %s",
-            source, len(varying), c.shown(varying, 8),
-        )
-    first = c.first_rows(codes, n_groups)
-    out_meta = kept_rows.iloc[first].loc[:, constant].reset_index(drop=True)
+    out_meta, first = c.group_metadata(kept_rows, codes, n_groups, by=by,
+                                       derived={io.N_SITES, c.N_SITES_QC_FAILED}, source=source,
+                                       group_noun="group")
     out_meta[io.N_SITES] = n_sites.astype(np.int64)
     if has_qc:
         group_of_first = codes_all[np.flatnonzero(keep)[first]]

@@ -136,18 +136,8 @@ def consensus(
                 xg, method=modz_method, min_weight=modz_min_weight, precision=modz_precision
             )
             values[g] = np.nansum(xg * w[:, None], axis=0) if len(rows) > 1 else xg[0]
-    derived = {c.N_WELLS}
-    meta = [m for m in io.metadata_columns(profiles) if m not in derived]
-    constant, varying = c.constant_columns(profiles, meta, codes, n_groups)
-    keep_meta = set(constant) | set(by)
-    constant = [m for m in meta if m in keep_meta]
-    if varying:
-        logger.info(
-            "%s: dropped %d metadata column(s) that vary within a treatment: %s",
-            source, len(varying), c.shown(varying, 8),
-        )
-    first = c.first_rows(codes, n_groups)
-    out_meta = profiles.iloc[first].loc[:, constant].reset_index(drop=True)
+    out_meta, _ = c.group_metadata(profiles, codes, n_groups, by=by, derived={c.N_WELLS},
+                                   source=source, group_noun="treatment")
     out_meta[c.N_WELLS] = counts.astype(np.int64)
     logger.info(
         "%s: %s consensus of %d rows -> %d treatments by %s (%d with a single well)",
