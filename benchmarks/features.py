@@ -135,7 +135,7 @@ def phase_stage(args: argparse.Namespace) -> dict:
 def phase_bare(args: argparse.Namespace) -> dict:
     import torch
 
-    from cytoscreen.features.backbones import create_backbone
+    from cytoscreen.backbones import create_backbone
 
     torch.set_num_threads(args.threads)
     gpu = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())

@@ -1,7 +1,8 @@
 """``cytoscreen <stage> ...``: the command-line interface and the only place that configures logging.
 
-Each stage has a ``command`` module with ``add_parser(subparsers)`` and ``run(args) -> int``; this
-module wires them, maps project errors to exit codes and prints one ``error:`` line for them.
+Each stage package has one ``command`` module with ``add_parser(subparsers)`` and ``run(args) -> int``
+(argument helpers in :mod:`cytoscreen.argparse_`; no command imports this module); this module wires
+them, maps project errors to exit codes and prints one ``error:`` line for them.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import traceback
 from collections.abc import Sequence
 
 from cytoscreen import __version__
+from cytoscreen.argparse_ import HelpFormatter
 from cytoscreen.errors import CytoscreenError
 
 logger = logging.getLogger("cytoscreen")
 
 #: (command name, module with add_parser/run), in the order the help lists them.
 COMMANDS: tuple[tuple[str, str], ...] = (
-    ("synth", "cytoscreen.synth_command"),
+    ("synth", "cytoscreen.synth.command"),
     ("ingest", "cytoscreen.ingest.command"),
     ("qc", "cytoscreen.qc_command"),
-    ("backbones", "cytoscreen.features.backbones_command"),
+    ("backbones", "cytoscreen.backbones.command"),
     ("features", "cytoscreen.features.command"),
     ("segment", "cytoscreen.segment.command"),
     ("profiles", "cytoscreen.profiles.command"),
@@ -34,10 +36,6 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("evaluate", "cytoscreen.moa.evaluate_command"),
     ("report", "cytoscreen.report.command"),
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps docstring line breaks."""
 
 
 def _available_commands() -> list[tuple[str, str]]:
@@ -67,47 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         mod.add_parser(sub)
     return parser
-
-
-def add_command(subparsers, name: str, module_doc: str | None, **kwargs) -> argparse.ArgumentParser:
-    """Add a sub-command whose help is the first line of ``module_doc`` and description all of it."""
-    doc = (module_doc or "").strip()
-    return subparsers.add_parser(
-        name,
-        help=doc.splitlines()[0] if doc else None,
-        description=doc,
-        formatter_class=HelpFormatter,
-        **kwargs,
-    )
-
-
-OVERRIDES_DEST = "config_overrides"
-
-
-class ConfigOverride(argparse.Action):
-    """A flag that overrides a config key: stores the value and records that the flag was given,
-    so only flags on the command line override the config (their shown defaults come from the schema)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        given = dict(getattr(namespace, OVERRIDES_DEST, None) or {})
-        given[self.dest] = values
-        setattr(namespace, OVERRIDES_DEST, given)
-
-
-def section_schema(section: str) -> dict:
-    """The schema entries of a config section's keys (defaults and enums for CLI flags)."""
-    from cytoscreen.config import load_schema
-
-    return load_schema("config")["properties"][section].get("properties", {})
-
-
-def load_config_with_overrides(args: argparse.Namespace, section: str) -> dict:
-    """The validated config of ``args.config`` with the given :class:`ConfigOverride` flags applied."""
-    from cytoscreen.config import load_config
-
-    overrides = dict(getattr(args, OVERRIDES_DEST, None) or {})
-    return load_config(args.config, overrides={section: overrides} if overrides else None)
 
 
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:

@@ -31,9 +31,9 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from cytoscreen import io
+from cytoscreen.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, create_backbone
 from cytoscreen.errors import ComputeError, ConfigError
 from cytoscreen.features import preprocess as pp
-from cytoscreen.features.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, create_backbone
 from cytoscreen.features.dataset import SiteDataset, SiteTable, build_site_table, fit_reference, site_label
 
 logger = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--threads", "threads", int, "torch CPU threads"),
 )
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import OVERRIDES_DEST, ConfigOverride, HelpFormatter, add_command, section_schema
+    from cytoscreen.argparse_ import OVERRIDES_DEST, ConfigOverride, HelpFormatter, add_command, section_schema
 
     parser = add_command(subparsers, "segment", __doc__)
     actions = parser.add_subparsers(dest="segment_action", metavar="<action>", required=True)
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
 # --- helpers ----------------------------------------------------------------------------------------
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    from cytoscreen.cli import load_config_with_overrides
+    from cytoscreen.argparse_ import load_config_with_overrides
 
     return load_config_with_overrides(args, "segment")
 
@@ -364,7 +364,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
     from cytoscreen import io
     from cytoscreen.errors import InputDataError
-    from cytoscreen.features.backbones import create_backbone
+    from cytoscreen.backbones import create_backbone
     from cytoscreen.segment import crops as cr
     from cytoscreen.segment import model as sm
     from cytoscreen.segment import segment as sg

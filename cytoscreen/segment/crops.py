@@ -17,7 +17,7 @@ Crop embeddings
     of up to ``reference_max_crops`` crops of negcon wells, so intensity differences survive;
     ``image``: per crop and channel percentiles; ``dtype``: divide by full scale), resized to the
     backbone input, repeated to RGB, ImageNet-normalised and embedded with the features stage's
-    backbone (:func:`cytoscreen.features.backbones.create_backbone`, same column names
+    backbone (:func:`cytoscreen.backbones.create_backbone`, same column names
     ``<Channel>_<backbone>_<i>``).  Cells are reduced to sites by the median while streaming (memory
     is one batch plus one site's cells), giving a table shaped like the features stage's
     ``sites.parquet`` plus ``Metadata_n_cells``; sites are reduced to wells by the profiles stage's
@@ -355,7 +355,7 @@ def embed_crops(
     index
         The crop index table (``Metadata_Crop`` in array order, sites contiguous).
     backbone
-        A :class:`cytoscreen.features.backbones.Backbone` (``forward((N, 3, P, P)) -> (N, D)``).
+        A :class:`cytoscreen.backbones.Backbone` (``forward((N, 3, P, P)) -> (N, D)``).
     channels
         Channel names of the array's second axis (column names ``<Channel>_<backbone>_<i>``).
     levels

@@ -78,7 +78,7 @@ def test_deterministic_and_batch_size_invariant_pipeline(tmp_path, plate):
 
 def test_real_backbone_is_deterministic_and_batch_size_invariant():
     """EfficientNet-Lite0 on CPU: identical on repeat; batch of 4 vs single sites within 1e-4."""
-    from cytoscreen.features.backbones import create_backbone
+    from cytoscreen.backbones import create_backbone
 
     module = SiteEmbedder(create_backbone("efficientnet_lite0")).eval()
     x = torch.rand(4, 1, 1, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -147,7 +147,7 @@ def test_tiles_intermediate_and_illumination(tmp_path, plate):
 
 
 def test_site_embedder_averages_tiles_and_concatenates_channels():
-    from cytoscreen.features.backbones import create_backbone
+    from cytoscreen.backbones import create_backbone
 
     module = SiteEmbedder(create_backbone("test_tiny")).eval()
     x = torch.rand(2, 3, 4, 32, 32)

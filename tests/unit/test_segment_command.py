@@ -156,7 +156,7 @@ def test_crops_from_truth_masks_match_true_counts(chain, tmp_path):
 
 
 def test_crop_embeddings_aggregate_to_sites_and_wells(chain):
-    from cytoscreen.features.backbones import backbone_spec
+    from cytoscreen.backbones import backbone_spec
     from cytoscreen.features.embed import feature_names
 
     index = io.read_table(chain["index"])

@@ -288,7 +288,7 @@ class _MeanBackbone:
     """Backbone stand-in: the embedding of an image is its mean (after the ImageNet-style norm)."""
 
     def __init__(self, size: int) -> None:
-        from cytoscreen.features.backbones import BackboneSpec
+        from cytoscreen.backbones import BackboneSpec
 
         self.spec = BackboneSpec(name="mean_test", embedding_dim=1, input_px=size, mean=(0.0, 0.0, 0.0),
                                  std=(1.0, 1.0, 1.0), weights_source="none")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from cytoscreen import backbones as bb
 from cytoscreen import cli, io
+from cytoscreen.backbones import efficientnet_lite, weights
 from cytoscreen.errors import ConfigError, ModelError
-from cytoscreen.features import backbones as bb
 from tests.unit.features_fixtures import CHELSEA
 
 
@@ -62,7 +63,7 @@ def test_sha256_is_computed_once_per_file_version(tmp_path, monkeypatch):
     calls = []
     real = io.sha256_file
     monkeypatch.setattr(io, "sha256_file", lambda p: calls.append(p) or real(p))
-    bb._sha256_cached.cache_clear()
+    weights._sha256_cached.cache_clear()
     first = bb.weights_sha256(path)
     assert bb.weights_sha256(path) == first
     assert len(calls) == 1
@@ -101,7 +102,7 @@ def test_missing_weights_package_is_model_error():
 def test_lite_architectures_match_registered_widths():
     for variant in ("lite0", "lite1", "lite2"):
         spec = bb.backbone_spec(f"efficientnet_{variant}")
-        trunk = bb._efficientnet_lite(variant, spec, None).eval()
+        trunk = efficientnet_lite._efficientnet_lite(variant, spec, None).eval()
         with torch.inference_mode():
             final, mid = trunk(torch.rand(1, 3, 64, 64))
         assert final.shape[1] == spec.embedding_dim, variant

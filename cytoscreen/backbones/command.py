@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from cytoscreen.cli import add_command
+from cytoscreen.argparse_ import add_command
 
 COLUMNS = ("name", "embedding_dim", "intermediate_dim", "input_px", "weights", "installed")
 
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cytoscreen.features.backbones import backbone_table
+    from cytoscreen.backbones import backbone_table
 
     rows = backbone_table()
     out = sys.stdout
