@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cytoscreen.cli import OVERRIDES_DEST, ConfigOverride, add_command, load_config_with_overrides, section_schema
+from cytoscreen.argparse_ import OVERRIDES_DEST, ConfigOverride, add_command, load_config_with_overrides, section_schema
 
 logger = logging.getLogger(__name__)
 

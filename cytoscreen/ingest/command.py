@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import add_command
+    from cytoscreen.argparse_ import add_command
 
     p = add_command(subparsers, "ingest", __doc__)
     p.add_argument("--config", required=True, help="workflow config YAML")

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import add_command
+    from cytoscreen.argparse_ import add_command
 
     parser = add_command(subparsers, "moa", __doc__)
     parser.add_argument("--config", default=None, help="workflow config (YAML); moa: section")

@@ -33,7 +33,7 @@ AUTO = "auto"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import add_command
+    from cytoscreen.argparse_ import add_command
 
     parser = add_command(subparsers, "evaluate", __doc__)
     parser.add_argument("table", help="well-level profile table (.parquet, .csv, .tsv; gzip ok)")

@@ -39,7 +39,7 @@ _Split; optionally the per-feature residuals (reconstruction - input) of every i
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import add_command
+    from cytoscreen.argparse_ import add_command
 
     p = add_command(subparsers, "novelty", __doc__)
     actions = p.add_subparsers(dest="novelty_action", metavar="<action>", required=True)

@@ -100,7 +100,7 @@ def _option(parser, flag: str, key: str, defaults: Mapping[str, Any], help: str,
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import HelpFormatter, add_command
+    from cytoscreen.argparse_ import HelpFormatter, add_command
     from cytoscreen.profiles.aggregate import AGGREGATE_METHODS
     from cytoscreen.profiles.consensus import CONSENSUS_METHODS, MODZ_CORRELATIONS
     from cytoscreen.profiles.normalize import NORMALIZE_METHODS, SPHERIZE_METHODS

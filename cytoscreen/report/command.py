@@ -38,7 +38,7 @@ profiles by plate (batch effects), the cluster table and the MoA evaluation metr
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import add_command
+    from cytoscreen.argparse_ import add_command
 
     p = add_command(subparsers, "report", __doc__)
     actions = p.add_subparsers(dest="report_action", metavar="<action>", required=True)

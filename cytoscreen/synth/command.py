@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.cli import add_command
+    from cytoscreen.argparse_ import add_command
 
     p = add_command(subparsers, "synth", __doc__)
     p.add_argument("--out", required=True, help="output folder")
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cytoscreen.synth import default_settings, synth_screen
+    from cytoscreen.synth.screen import default_settings, synth_screen
 
     table = synth_screen(args.out, plates=args.plates, wells=args.wells, sites=args.sites,
                          seed=args.seed, settings=default_settings(args.image_px), masks=args.masks)
