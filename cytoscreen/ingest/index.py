@@ -13,7 +13,15 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.ingest.layouts import ZARR_LAYOUT, resolve_layout
+from cytoscreen.ingest.layouts import (
+    ZARR_LAYOUT,
+    GroupParseError,
+    parse_col,
+    parse_int,
+    parse_row,
+    parse_well,
+    resolve_layout,
+)
 from cytoscreen.ingest.platemap import _show
 
 logger = logging.getLogger(__name__)
@@ -86,7 +94,7 @@ def _index_files(root: Path, plate: str, regex: re.Pattern[str], layout: str,
     if not files:
         raise InputDataError(f"{root}: no image files ({', '.join(extensions)}) for plate {plate}; "
                              f"the plate is empty or `images` in the plate table points elsewhere")
-    rows, unmatched = [], []
+    rows, unmatched, unparsed = [], [], []
     groups = set(regex.groupindex)
     for rel in files:
         m = regex.search(rel)
@@ -96,15 +104,21 @@ def _index_files(root: Path, plate: str, regex: re.Pattern[str], layout: str,
         g = m.groupdict()
         try:
             if g.get("well"):
-                well = io.normalize_well(g["well"])
+                well = parse_well(g["well"])
             else:
-                well = io.well_from_row_col(int(g["row"]) - 1, int(g["col"]))
-        except (ValueError, TypeError):
-            unmatched.append(rel)
+                well = io.well_from_row_col(parse_row(g["row"] or ""), parse_col(g["col"] or ""))
+            site = parse_int("site", g.get("site"), 1)
+            z = parse_int("z", g.get("z"))
+        except GroupParseError as err:
+            unparsed.append((rel, err))
             continue
-        site = int(g["site"]) if g.get("site") is not None else 1
         rows.append(dict(file_plate=g.get("plate"), well=well, site=site, token=g.get("channel"),
-                         z=g.get("z"), path=str(root / rel)))
+                         z=z, path=str(root / rel)))
+    if unparsed:
+        rel, err = unparsed[0]
+        raise InputDataError(
+            f"{root}: {len(unparsed)} of {len(files)} image files match layout {layout!r} but their "
+            f"names cannot be parsed, e.g. {rel}: {err}")
     if unmatched:
         msg = (f"{root}: {len(unmatched)} of {len(files)} image files match no part of layout "
                f"{layout!r} (e.g. {_show(unmatched, 3)}); fix the layout or move them away")

@@ -219,3 +219,82 @@ def test_join_keeps_extra_columns_and_empty_wells_need_no_images():
                        "pert_type": ["negcon", "trt", "empty"], "source": ["s1", "s2", "s3"]})
     out = join_platemap(images, pm, source="pm.tsv")
     assert list(out["Metadata_source"]) == ["s1", "s2"] and list(out[io.PERT_TYPE]) == ["negcon", "trt"]
+
+
+# --- issue 15 item 6: letter rows, and matches whose groups cannot be parsed ------------------------
+def _layout_setup(tmp_path, names, *, layout, regex=None, channels=None, wells=None, pages=1):
+    """A plate folder of ``names`` (tiny TIFFs), its platemap, plate table and config."""
+    img = tmp_path / "images"
+    img.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        shape = (pages, 8, 8) if pages > 1 else (8, 8)
+        tifffile.imwrite(img / n, np.full(shape, 100, np.uint16), photometric="minisblack")
+    rows = [dict(well=w, perturbation="DMSO", pert_type="negcon") for w in (wells or [])]
+    pd.DataFrame(rows, columns=["well", "perturbation", "pert_type"]).to_csv(tmp_path / "pm.tsv", sep="\t",
+                                                                             index=False)
+    pd.DataFrame([dict(plate="P1", images="images", layout=layout, platemap="pm.tsv")]).to_csv(
+        tmp_path / "plates.tsv", sep="\t", index=False)
+    extra = {"layouts": {layout: regex}} if regex else {}
+    cfg = write_config(tmp_path / "config.yaml", tmp_path / "plates.tsv", **extra)
+    if channels is not None:
+        import yaml
+
+        data = yaml.safe_load(cfg.read_text())
+        data["channels"] = channels
+        cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+def _ingest(capsys, cfg, tmp_path):
+    return _run(capsys, "ingest", "--config", str(cfg), "--plate", "P1", "--out", str(tmp_path / "i.parquet"))
+
+
+def test_letter_rows_bbbc013_names(tmp_path, capsys):
+    names = [f"Channel{c}-{i + 1:02d}-{r}-{col:02d}.tif" for i, (r, col) in enumerate([("A", 1), ("H", 12)])
+             for c in (1, 2)]
+    cfg = _layout_setup(tmp_path, names, layout="bbbc013", wells=["A01", "H12"], channels={"1": "GFP", "2": "DNA"},
+                        regex=r"Channel(?P<channel>\d)-\d{2}-(?P<row>[A-H])-(?P<col>\d{2})\.tif$")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == 0, err
+    df = pd.read_parquet(tmp_path / "i.parquet")
+    assert list(df[io.WELL]) == ["A01", "A01", "H12", "H12"] and list(df[io.CHANNEL]) == ["GFP", "DNA"] * 2
+    assert list(df[io.ROW]) == [0, 0, 7, 7] and list(df[io.COL]) == [1, 1, 12, 12] and set(df[io.SITE]) == {1}
+
+
+def test_letter_rows_column_first_multichannel(tmp_path, capsys):
+    # Opera-style 01A.tif: column, then the row letter; channels as pages; 1536-well rows AA-AF too
+    cfg = _layout_setup(tmp_path, ["01A.tif", "12P.tif", "48AF.tif"], layout="opera", pages=2,
+                        wells=["A01", "P12", "AF48"], channels={"0": "DNA", "1": "RNA"},
+                        regex=r"(?P<col>\d+)(?P<row>[A-Z]{1,2})\.tif$")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == 0, err
+    df = pd.read_parquet(tmp_path / "i.parquet")
+    assert list(df[io.WELL].unique()) == ["A01", "P12", "AF48"] and list(df[io.ROW].unique()) == [0, 15, 31]
+    assert list(df[io.FRAME]) == [0, 1] * 3 and list(df[io.CHANNEL]) == ["DNA", "RNA"] * 3
+
+
+def test_numeric_rows_still_parse(tmp_path):
+    _touch_images(tmp_path / "img", ["r03c07f02p01-ch1sk1fk1fl1.tiff"])
+    df = index_plate(tmp_path / "img", plate="P", layout="phenix")
+    assert (df[io.WELL].iloc[0], df[io.ROW].iloc[0], df[io.COL].iloc[0], df[io.SITE].iloc[0]) == ("C07", 2, 7, 2)
+
+
+@pytest.mark.parametrize("names,layout,regex,expect", [
+    # Phenix row 0: there is no row 0 (r01 is row A); this crashed with a traceback
+    (["r00c01f01p01-ch1sk1fk1fl1.tiff", "r01c01f01p01-ch1sk1fk1fl1.tiff"], "phenix", None,
+     "1 of 2 image files match layout 'phenix' but their names cannot be parsed, e.g. "
+     "r00c01f01p01-ch1sk1fk1fl1.tiff: group `row` = '00': row numbers run from 1 (row A) to 32"),
+    (["B00_s1_w1.tif"], "imagexpress", None,
+     "B00_s1_w1.tif: group `well` = 'B00': a well is row letter(s) and a column number from 1"),
+    (["xx-ZZ-03_w1.tif"], "mine", r"(?P<row>[A-Z]+)-(?P<col>\d+)_(?P<channel>w\d)\.tif$",
+     "xx-ZZ-03_w1.tif: group `row` = 'ZZ': a row is a letter A-Z or AA-AF"),
+    (["A-X_w1.tif"], "mine", r"(?P<row>[A-Z])-(?P<col>\w+)_(?P<channel>w\d)\.tif$",
+     "A-X_w1.tif: group `col` = 'X': a column is a number from 1 to 48"),
+    (["A-01_sQ_w1.tif"], "mine", r"(?P<row>[A-Z])-(?P<col>\d+)_s(?P<site>\w)_(?P<channel>w\d)\.tif$",
+     "A-01_sQ_w1.tif: group `site` = 'Q': expected a whole number"),
+])
+def test_unparsable_groups_are_named(tmp_path, capsys, names, layout, regex, expect):
+    cfg = _layout_setup(tmp_path, names, layout=layout, regex=regex, wells=["A01"])
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == InputDataError.exit_code and expect in err
+    assert "match no part of layout" not in err and not (tmp_path / "i.parquet").exists()
