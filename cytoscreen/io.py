@@ -43,6 +43,8 @@ CONCENTRATION = "Metadata_concentration"
 PERT_TYPE = "Metadata_pert_type"
 MOA = "Metadata_moa"
 N_SITES = "Metadata_n_sites"
+#: Count of wells behind each consensus (treatment) row.
+N_WELLS = "Metadata_n_wells"
 PATH = "path"
 FRAME = "frame"
 
@@ -52,6 +54,14 @@ NOVELTY_QVALUE = "Metadata_Novelty_QValue"
 NOVELTY_HIT = "Metadata_Novelty_Hit"
 
 PERT_TYPES = ("trt", "negcon", "poscon", "empty")
+
+# image-QC flags of qc.parquet (bool, one row per site); see cytoscreen.qc
+QC_BLURRY = "QC_blurry"
+QC_SATURATED = "QC_saturated"
+QC_EMPTY = "QC_empty"
+QC_UNREADABLE = "QC_unreadable"
+#: The image-QC flags, in the order reports list them.
+QC_IMAGE_FLAGS = (QC_UNREADABLE, QC_SATURATED, QC_BLURRY, QC_EMPTY)
 SITE_KEYS = (PLATE, WELL, SITE)
 WELL_KEYS = (PLATE, WELL)
 
