@@ -26,7 +26,7 @@ logger = logging.getLogger("cytoscreen")
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("synth", "cytoscreen.synth.command"),
     ("ingest", "cytoscreen.ingest.command"),
-    ("qc", "cytoscreen.qc_command"),
+    ("qc", "cytoscreen.qc.command"),
     ("backbones", "cytoscreen.backbones.command"),
     ("features", "cytoscreen.features.command"),
     ("segment", "cytoscreen.segment.command"),
@@ -35,6 +35,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("moa", "cytoscreen.moa.command"),
     ("evaluate", "cytoscreen.moa.evaluate_command"),
     ("report", "cytoscreen.report.command"),
+    ("export", "cytoscreen.export.command"),
 )
 
 
