@@ -217,7 +217,7 @@ def test_stacked_inputs_must_share_features(tmp_path, capsys):
 
 
 def test_read_profiles_matches_pandas(tmp_path):
-    from cytoscreen.profiles.command import read_profiles
+    from cytoscreen.profiles.stage import read_profiles
 
     df = synthetic_wells(plates=2)
     df.loc[3, "f2"] = np.nan

@@ -1,0 +1,284 @@
+"""One profiles step end to end, as ``cytoscreen profiles ACTION`` runs it: read, operate, write.
+
+:func:`run_step` takes the input and output paths and the resolved ``profiles:`` config section;
+:func:`read_profiles` is the fast Parquet reader every step uses.  The operations themselves are the
+DataFrame functions of :mod:`cytoscreen.profiles` (aggregate, normalize, select, consensus).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cytoscreen import io
+from cytoscreen.errors import ConfigError, InputDataError
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = ("aggregate", "normalize", "select", "consensus")
+TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
+
+#: Feature columns decoded per read of a Parquet column chunk (bounds the read buffer).
+_READ_COLUMNS = 64
+
+
+# --- reading ----------------------------------------------------------------------------------------
+def read_profiles(path: str | Path):
+    """Read a profile table; Parquet features go straight into one float matrix.
+
+    A Parquet file whose features are all float columns is read a few columns at a time into one
+    preallocated float32 (float64 when any feature is float64) matrix, which the table then wraps
+    without copying: peak memory is about the matrix itself instead of Arrow's buffers plus the
+    pandas copy.  Other files go through :func:`cytoscreen.io.read_table`.
+    """
+    import numpy as np
+    import pandas as pd
+
+    p = Path(path)
+    if not p.name.lower().endswith((".parquet", ".pq")) or not p.exists():
+        return io.read_table(p)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(p)
+        schema = pf.schema_arrow
+        names = list(schema.names)
+        feats = [n for n in names if not n.startswith((io.METADATA_PREFIX, io.QC_PREFIX))]
+        types = [schema.field(n).type for n in feats]
+        if not feats or not all(pa.types.is_floating(t) for t in types) or len(set(names)) < len(
+            names
+        ):
+            return io.read_table(p)
+        dtype = np.float32 if all(t == pa.float32() for t in types) else np.float64
+        n_rows = pf.metadata.num_rows
+        x = np.empty((n_rows, len(feats)), dtype=dtype)
+        row = 0
+        for g in range(pf.metadata.num_row_groups):
+            k = pf.metadata.row_group(g).num_rows
+            for j0 in range(0, len(feats), _READ_COLUMNS):
+                chunk = pf.read_row_group(g, columns=feats[j0 : j0 + _READ_COLUMNS])
+                x[row : row + k, j0 : j0 + chunk.num_columns] = np.column_stack(
+                    [col.to_numpy().astype(dtype, copy=False) for col in chunk.columns]
+                )
+            row += k
+        feat_set = set(feats)
+        others = [n for n in names if n not in feat_set]
+        meta = pf.read(columns=others).to_pandas() if others else pd.DataFrame(index=range(n_rows))
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise InputDataError(f"{p}: cannot read table ({err})") from err
+    table = pd.concat(
+        [meta.reset_index(drop=True), pd.DataFrame(x, columns=feats, copy=False)], axis=1
+    )
+    return table.loc[:, names]
+
+
+def read_inputs(paths: Sequence[str | Path]):
+    """Read and stack profile tables that must share their feature columns (same order)."""
+    import pandas as pd
+
+    paths = [str(p) for p in paths]
+    frames = []
+    for path in paths:
+        df = read_profiles(path)
+        logger.info("read %s (%d rows x %d columns)", path, len(df), df.shape[1])
+        frames.append(df)
+    if len(frames) == 1:
+        return frames[0]
+    first = io.feature_columns(frames[0])
+    for path, df in zip(paths[1:], frames[1:], strict=True):
+        feats = io.feature_columns(df)
+        if feats != first:
+            extra = sorted(set(feats) ^ set(first))
+            raise InputDataError(
+                f"{path}: its feature columns differ from those of {paths[0]}"
+                + (f" ({', '.join(map(str, extra[:5]))} ...)" if extra else " (order)")
+                + "; stacked inputs must come from the same features stage"
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _upstream(path: str) -> dict[str, Any] | None:
+    if not path.lower().endswith(".parquet"):
+        return None
+    try:
+        return io.read_provenance(path) or None
+    except Exception:  # a foreign Parquet file without our metadata
+        return None
+
+
+def read_blocklist(path: str | Path) -> list[str]:
+    """Feature names (or shell patterns), one per line, or pycytominer's CSV with a ``blocklist`` column."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: blocklist file not found")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if lines and lines[0] == "blocklist":  # pycytominer's CSV with a 'blocklist' column
+        lines = lines[1:]
+    return [ln for ln in lines if not ln.startswith("#")]
+
+
+def selection_paths(output: str | Path) -> tuple[Path, Path]:
+    """``<name>.selection.json`` and ``.tsv`` beside a select step's output."""
+    base = Path(output)
+    stem = base.name[: -len(base.suffix)] if base.suffix else base.name
+    return base.with_name(f"{stem}.selection.json"), base.with_name(f"{stem}.selection.tsv")
+
+
+# --- one step ---------------------------------------------------------------------------------------
+def run_step(
+    action: str,
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    opts: Mapping[str, Any],
+    *,
+    qc: str | Path | None = None,
+    blocklist_file: str | Path | None = None,
+    selection: str | Path | None = None,
+    per_plate_dir: str | Path | None = None,
+    config_hash: str | None = None,
+) -> Path:
+    """Read ``inputs``, run profiles ``action`` with the ``profiles:`` settings ``opts``, write ``output``.
+
+    ``qc`` (aggregate) joins a QC table's flags to the sites; ``blocklist_file``, ``selection`` and
+    ``per_plate_dir`` are select's (extra blocklist names, a saved selection to apply instead of
+    selecting, and per-plate copies of the output).  Returns ``output``.
+    """
+    if action not in ACTIONS:
+        raise ConfigError(f"unknown profiles action {action!r}; choose from {', '.join(ACTIONS)}")
+    inputs, output = [str(p) for p in inputs], str(output)
+    if not output.lower().endswith(TABLE_SUFFIXES):
+        raise ConfigError(
+            f"{output}: unknown table format; OUTPUT must end in .parquet, .csv or .tsv"
+        )
+    table = read_inputs(inputs)
+    source = inputs[0] if len(inputs) == 1 else f"{len(inputs)} tables"
+    if action == "aggregate":
+        out, params = _aggregate(table, opts, qc, inputs[0])
+    elif action == "normalize":
+        out, params = _normalize(table, opts, inputs[0])
+    elif action == "select":
+        out, params = _select(table, opts, output, source, blocklist_file, selection)
+    else:
+        out, params = _consensus(table, opts, inputs[0])
+    prov = io.provenance(
+        f"profiles.{action}", parameters=params, config_hash=config_hash, inputs=list(inputs),
+        upstream=_upstream(inputs[0]),
+    )
+    io.write_table(out, output, **({"provenance": prov} if output.endswith(".parquet") else {}))
+    logger.info("wrote %s (%d rows x %d features)", output, len(out), len(io.feature_columns(out)))
+    if action == "select" and per_plate_dir:
+        write_per_plate(out, output, per_plate_dir, prov)
+    return Path(output)
+
+
+def _aggregate(table, opts, qc, source):
+    from cytoscreen.profiles.aggregate import aggregate, join_qc
+
+    if qc:
+        table = join_qc(table, io.read_table(qc), source=str(qc))
+    params = {
+        "method": opts["aggregate_method"],
+        "by": list(opts["aggregate_by"]),
+        "exclude_qc_failed": bool(opts["exclude_qc_failed"]),
+    }
+    return aggregate(table, **params, source=source), params
+
+
+def _reference_params(opts: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "reference": opts["reference"],
+        "reference_column": opts["reference_column"],
+        "reference_value": opts["reference_value"],
+    }
+
+
+def _normalize(table, opts, source):
+    from cytoscreen.profiles.normalize import normalize
+
+    params = {
+        "method": opts["normalize_method"],
+        "by": list(opts["normalize_by"]),
+        **_reference_params(opts),
+        "epsilon": opts["mad_robustize_epsilon"],
+        "spherize_method": opts["spherize_method"],
+        "spherize_epsilon": opts["spherize_epsilon"],
+        "min_reference": opts["min_reference_wells"],
+    }
+    return normalize(table, **params, source=source), params
+
+
+def _select(table, opts, output, source, blocklist_file, selection):
+    from cytoscreen.profiles.normalize import spherize
+    from cytoscreen.profiles.select import apply_selection, feature_select
+
+    json_path, tsv_path = selection_paths(output)
+    if selection:
+        try:
+            saved = json.loads(Path(selection).read_text(encoding="utf-8"))
+            kept = list(saved["kept"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{selection}: not a selection record ({err})") from err
+        out = apply_selection(table, kept, source=source)
+        params: dict[str, Any] = {"selection": str(selection)}
+        record = {"applied_from": str(selection), "kept": kept}
+    else:
+        blocklist = list(opts["blocklist"] or [])
+        if blocklist_file:
+            blocklist += read_blocklist(blocklist_file)
+        params = {
+            "operations": list(opts["select_operations"]),
+            "samples": opts["select_samples"],
+            "freq_cut": opts["freq_cut"],
+            "unique_cut": opts["unique_cut"],
+            "corr_threshold": opts["corr_threshold"],
+            "corr_method": opts["corr_method"],
+            "na_cutoff": opts["na_cutoff"],
+            "outlier_cutoff": opts["outlier_cutoff"],
+            "blocklist": blocklist,
+        }
+        chosen = feature_select(table, **params, source=source)
+        out = chosen.profiles
+        record = chosen.record()
+        io.write_table(chosen.table(), tsv_path)
+    if opts["spherize"]:
+        sph = {"method": opts["spherize"], **_reference_params(opts), "epsilon": opts["spherize_epsilon"]}
+        out = spherize(out, **sph, source=source)
+        params["spherize"] = sph
+        record["spherize"] = sph
+    io.write_json(record, json_path)
+    logger.info("wrote %s", json_path)
+    return out, params
+
+
+def write_per_plate(out, output: str | Path, folder: str | Path, prov: Mapping[str, Any]) -> None:
+    """Write ``folder/<plate>/<output file name>`` for each ``Metadata_Plate`` of ``out``."""
+    if io.PLATE not in out.columns:
+        raise InputDataError(f"--per-plate-dir needs a {io.PLATE} column")
+    name = Path(output).name
+    for plate, rows in out.groupby(io.PLATE, sort=False):
+        plate = str(plate)
+        if not plate or "/" in plate or plate in (".", ".."):
+            raise InputDataError(f"plate name {plate!r} cannot be a folder name")
+        path = Path(folder) / plate / name
+        io.write_table(
+            rows.reset_index(drop=True), path,
+            **({"provenance": {**prov, "plate": plate}} if name.endswith(".parquet") else {}),
+        )
+        logger.info("wrote %s (%d rows)", path, len(rows))
+
+
+def _consensus(table, opts, source):
+    from cytoscreen.profiles.consensus import consensus
+
+    params = {
+        "method": opts["consensus_method"],
+        "by": list(opts["consensus_by"]),
+        "modz_method": opts["modz_method"],
+        "modz_min_weight": opts["modz_min_weight"],
+        "modz_precision": opts["modz_precision"],
+    }
+    return consensus(table, **params, source=source), params
