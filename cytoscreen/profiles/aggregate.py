@@ -21,7 +21,9 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles import _common as c
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.columns import N_SITES_QC_FAILED, check_unique, resolve_by, resolve_features, shown
+from cytoscreen.profiles.groups import first_rows, group_codes, group_label, group_metadata, group_reduce
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def join_qc(
         raise InputDataError(
             f"{source}: cannot match QC flags to sites: key column(s) {', '.join(missing)} missing"
         )
-    c.check_unique(qc, keys, source=source, what="site")
+    check_unique(qc, keys, source=source, what="site")
     flags = sites.loc[:, list(keys)].merge(
         qc.loc[:, [*keys, *new]], on=list(keys), how="left", sort=False, validate="many_to_one"
     )
@@ -102,16 +104,16 @@ def aggregate(
         raise ConfigError(
             f"unknown aggregation method {method!r}; choose one of {', '.join(AGGREGATE_METHODS)}"
         )
-    by = c.resolve_by(sites, by, source=source, option="--by")
-    cols = c.resolve_features(sites, features, source=source)
+    by = resolve_by(sites, by, source=source, option="--by")
+    cols = resolve_features(sites, features, source=source)
     if io.SITE in sites.columns and io.SITE not in by:
-        c.check_unique(sites, [*by, io.SITE], source=source, what="site")
+        check_unique(sites, [*by, io.SITE], source=source, what="site")
     if len(sites) == 0:
         raise InputDataError(f"{source}: the table has no rows")
 
     failed = failed_qc(sites)
     has_qc = bool(io.qc_columns(sites))
-    codes_all, n_all = c.group_codes(sites, by)
+    codes_all, n_all = group_codes(sites, by)
     failed_per_group = np.bincount(codes_all, weights=failed, minlength=n_all).astype(np.int64)
     if has_qc:
         per_flag = {
@@ -136,27 +138,27 @@ def aggregate(
         )
     lost = np.flatnonzero(np.bincount(codes_all, weights=keep, minlength=n_all) == 0)
     if len(lost):
-        firsts = c.first_rows(codes_all, n_all)[lost]
-        names = [c.group_label(sites, by, int(r)) for r in firsts]
+        firsts = first_rows(codes_all, n_all)[lost]
+        names = [group_label(sites, by, int(r)) for r in firsts]
         logger.warning(
             "%s: %d group(s) have no site that passed QC and are left out: %s",
-            source, len(lost), c.shown(names, 10),
+            source, len(lost), shown(names, 10),
         )
     kept_rows = sites.loc[keep] if not keep.all() else sites
-    x = c.feature_matrix(kept_rows, cols)
-    c.check_finite(x, cols, source=source)
-    codes, n_groups = c.group_codes(kept_rows, by)
-    reduced = c.group_reduce(x, codes, n_groups, method)
+    x = feature_matrix(kept_rows, cols)
+    check_finite(x, cols, source=source)
+    codes, n_groups = group_codes(kept_rows, by)
+    reduced = group_reduce(x, codes, n_groups, method)
     n_sites = np.bincount(codes, minlength=n_groups)
 
-    out_meta, first = c.group_metadata(kept_rows, codes, n_groups, by=by,
-                                       derived={io.N_SITES, c.N_SITES_QC_FAILED}, source=source,
+    out_meta, first = group_metadata(kept_rows, codes, n_groups, by=by,
+                                       derived={io.N_SITES, N_SITES_QC_FAILED}, source=source,
                                        group_noun="group")
     out_meta[io.N_SITES] = n_sites.astype(np.int64)
     if has_qc:
         group_of_first = codes_all[np.flatnonzero(keep)[first]]
-        out_meta[c.N_SITES_QC_FAILED] = failed_per_group[group_of_first]
-    out = c.with_features(out_meta, list(out_meta.columns), reduced, cols)
+        out_meta[N_SITES_QC_FAILED] = failed_per_group[group_of_first]
+    out = with_features(out_meta, list(out_meta.columns), reduced, cols)
     logger.info(
         "%s: aggregated %d rows to %d groups by %s (%s)",
         source, len(kept_rows), n_groups, "/".join(by), method,

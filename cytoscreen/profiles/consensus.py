@@ -27,7 +27,16 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles import _common as c
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.columns import (
+    CONCENTRATION_ALIASES,
+    PERTURBATION_ALIASES,
+    check_unique,
+    resolve_by,
+    resolve_column,
+    resolve_features,
+)
+from cytoscreen.profiles.groups import group_codes, group_metadata, group_reduce
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +51,14 @@ def resolve_treatment_columns(
     """The group columns; the default ``by`` falls back to known column aliases (module docstring)."""
     by = [by] if isinstance(by, str) else list(by)
     if tuple(by) != DEFAULT_CONSENSUS_BY:
-        return c.resolve_by(profiles, by, source=source, option="--by")
-    pert = c.resolve_column(
-        profiles, io.PERTURBATION, source=source, aliases=c.PERTURBATION_ALIASES[1:],
+        return resolve_by(profiles, by, source=source, option="--by")
+    pert = resolve_column(
+        profiles, io.PERTURBATION, source=source, aliases=PERTURBATION_ALIASES[1:],
         option="--by",
     )
     try:
-        conc = c.resolve_column(
-            profiles, io.CONCENTRATION, source=source, aliases=c.CONCENTRATION_ALIASES[1:]
+        conc = resolve_column(
+            profiles, io.CONCENTRATION, source=source, aliases=CONCENTRATION_ALIASES[1:]
         )
     except InputDataError:
         logger.info("%s: no concentration column; treatments are %s alone", source, pert)
@@ -115,18 +124,18 @@ def consensus(
             f"unknown MODZ correlation {modz_method!r}; choose one of {', '.join(MODZ_CORRELATIONS)}"
         )
     by = resolve_treatment_columns(profiles, by, source=source)
-    cols = c.resolve_features(profiles, features, source=source)
+    cols = resolve_features(profiles, features, source=source)
     keys = [k for k in io.WELL_KEYS if k in profiles.columns]
     if len(keys) == 2:
-        c.check_unique(profiles, keys, source=source, what="well")
+        check_unique(profiles, keys, source=source, what="well")
     if len(profiles) == 0:
         raise InputDataError(f"{source}: the table has no rows")
-    x = c.feature_matrix(profiles, cols)
-    c.check_finite(x, cols, source=source)
-    codes, n_groups = c.group_codes(profiles, by)
+    x = feature_matrix(profiles, cols)
+    check_finite(x, cols, source=source)
+    codes, n_groups = group_codes(profiles, by)
     counts = np.bincount(codes, minlength=n_groups)
     if method == "median":
-        values = c.group_reduce(x, codes, n_groups, "median")
+        values = group_reduce(x, codes, n_groups, "median")
     else:
         values = np.empty((n_groups, len(cols)), dtype=np.float64)
         order = np.argsort(codes, kind="stable")
@@ -136,11 +145,11 @@ def consensus(
                 xg, method=modz_method, min_weight=modz_min_weight, precision=modz_precision
             )
             values[g] = np.nansum(xg * w[:, None], axis=0) if len(rows) > 1 else xg[0]
-    out_meta, _ = c.group_metadata(profiles, codes, n_groups, by=by, derived={c.N_WELLS},
+    out_meta, _ = group_metadata(profiles, codes, n_groups, by=by, derived={io.N_WELLS},
                                    source=source, group_noun="treatment")
-    out_meta[c.N_WELLS] = counts.astype(np.int64)
+    out_meta[io.N_WELLS] = counts.astype(np.int64)
     logger.info(
         "%s: %s consensus of %d rows -> %d treatments by %s (%d with a single well)",
         source, method, len(profiles), n_groups, "/".join(by), int((counts == 1).sum()),
     )
-    return c.with_features(out_meta, list(out_meta.columns), values, cols)
+    return with_features(out_meta, list(out_meta.columns), values, cols)

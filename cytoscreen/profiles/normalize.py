@@ -1,7 +1,7 @@
 """Normalization of profiles against reference wells, per plate, with pycytominer's definitions.
 
 Each group of rows (``Metadata_Plate`` by default) is normalized with statistics of its reference
-rows (negcon wells by default, see :func:`cytoscreen.profiles._common.reference_mask`):
+rows (negcon wells by default, see :func:`cytoscreen.profiles.reference.reference_mask`):
 
 ``mad_robustize`` (default)
     ``(x - median) / (1.4826 * MAD + epsilon)``, pycytominer's ``RobustMAD`` (epsilon 1e-18).
@@ -31,7 +31,10 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles import _common as c
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, nanmedian0, with_features
+from cytoscreen.profiles.columns import check_unique, resolve_by, resolve_features, shown
+from cytoscreen.profiles.groups import first_rows, group_codes, group_label
+from cytoscreen.profiles.reference import reference_mask
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def fit_spherize(
             names = [features[i] for i in np.flatnonzero(zero)]
             raise InputDataError(
                 f"{source}: {int(zero.sum())} feature(s) are constant in the reference rows "
-                f"({c.shown(names)}); {method} divides by their standard deviation: remove them "
+                f"({shown(names)}); {method} divides by their standard deviation: remove them "
                 f"first (profiles select --operations variance_threshold)"
             )
     z = (ref - mu) / scale
@@ -145,8 +148,8 @@ def _fit_scale(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN statistics
         if method == "mad_robustize":
-            med = c.nanmedian0(ref)
-            mad = c.nanmedian0(np.abs(ref - med)) * MAD_SCALE
+            med = nanmedian0(ref)
+            mad = nanmedian0(np.abs(ref - med)) * MAD_SCALE
             return med, mad + epsilon, mad == 0
         if method == "standardize":
             n = (~np.isnan(ref)).sum(axis=0)
@@ -157,7 +160,7 @@ def _fit_scale(
             scale[const] = 1.0
             return mean, scale, const
         if method == "robustize":
-            med = c.nanmedian0(ref)
+            med = nanmedian0(ref)
             if np.isnan(ref).any():
                 q25, q75 = np.nanpercentile(ref, [25, 75], axis=0)
             else:
@@ -218,24 +221,24 @@ def normalize(
         raise ConfigError(
             f"unknown normalize method {method!r}; choose one of {', '.join(NORMALIZE_METHODS)}"
         )
-    cols = c.resolve_features(profiles, features, source=source)
-    by = c.resolve_by(profiles, by, source=source, option="--by")
+    cols = resolve_features(profiles, features, source=source)
+    by = resolve_by(profiles, by, source=source, option="--by")
     keys = [k for k in io.WELL_KEYS if k in profiles.columns]
     if len(keys) == 2:
-        c.check_unique(profiles, keys, source=source, what="well")
-    mask, rule = c.reference_mask(
+        check_unique(profiles, keys, source=source, what="well")
+    mask, rule = reference_mask(
         profiles, reference, column=reference_column, value=reference_value, source=source
     )
-    x = c.feature_matrix(profiles, cols, dtype=np.float64)
-    c.check_finite(x, cols, source=source, allow_nan=method != "spherize")
-    codes, n_groups = c.group_codes(profiles, by)
-    first = c.first_rows(codes, n_groups) if n_groups else np.zeros(0, dtype=np.intp)
+    x = feature_matrix(profiles, cols, dtype=np.float64)
+    check_finite(x, cols, source=source, allow_nan=method != "spherize")
+    codes, n_groups = group_codes(profiles, by)
+    first = first_rows(codes, n_groups) if n_groups else np.zeros(0, dtype=np.intp)
 
     n_ref = np.bincount(codes, weights=mask, minlength=n_groups).astype(int)
     short = np.flatnonzero(n_ref < min_reference)
     if len(short):
         listed = ", ".join(
-            f"{c.group_label(profiles, by, int(first[g]))} ({n_ref[g]})" for g in short[:10]
+            f"{group_label(profiles, by, int(first[g]))} ({n_ref[g]})" for g in short[:10]
         )
         more = f" and {len(short) - 10} more" if len(short) > 10 else ""
         what = "plate" if by == [io.PLATE] else "group"
@@ -254,7 +257,7 @@ def normalize(
     bounds = np.cumsum(np.bincount(codes, minlength=n_groups))[:-1]
     for g, rows in enumerate(np.split(order, bounds)):
         ref_rows = rows[mask[rows]]
-        label = c.group_label(profiles, by, int(first[g]))
+        label = group_label(profiles, by, int(first[g]))
         xg = x[rows]
         if method == "spherize":
             fit = fit_spherize(
@@ -271,7 +274,7 @@ def normalize(
             logger.debug(
                 "%s %s: %d feature(s) have zero spread in the %d reference rows (%s)",
                 source, label, int(const.sum()), len(ref_rows),
-                c.shown([cols[i] for i in np.flatnonzero(const)]),
+                shown([cols[i] for i in np.flatnonzero(const)]),
             )
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             result[rows] = (xg - center) / scale
@@ -280,7 +283,7 @@ def normalize(
             "%s: %d feature(s) have zero spread in the reference rows of %d group(s) (%s; groups "
             "%s); %s",
             source, len(flat_features), len(flat_groups),
-            c.shown([cols[i] for i in sorted(flat_features)]), c.shown(flat_groups, 3),
+            shown([cols[i] for i in sorted(flat_features)]), shown(flat_groups, 3),
             f"they are divided by epsilon ({epsilon:g}), as pycytominer does"
             if method == "mad_robustize" else "their scale is set to 1, as scikit-learn does",
         )
@@ -292,7 +295,7 @@ def normalize(
     )
     feat_set = set(cols)
     meta = [col for col in profiles.columns if col not in feat_set]
-    return c.with_features(profiles, meta, result, out_cols)
+    return with_features(profiles, meta, result, out_cols)
 
 
 def spherize(

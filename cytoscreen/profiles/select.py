@@ -36,7 +36,9 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles import _common as c
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.columns import check_unique, resolve_features, shown
+from cytoscreen.profiles.reference import reference_mask
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +309,7 @@ def feature_select(
         Names from :data:`SELECT_OPERATIONS`, applied in order.
     samples
         Rows the statistics are computed on: ``"all"`` (pycytominer's default), ``"negcon"`` or a
-        pandas query / boolean mask (see :func:`cytoscreen.profiles._common.reference_mask`);
+        pandas query / boolean mask (see :func:`cytoscreen.profiles.reference.reference_mask`);
         ``samples_column``/``samples_value`` name the rows directly.
     blocklist
         Feature names or shell patterns for the ``blocklist`` operation (required by it).
@@ -328,17 +330,17 @@ def feature_select(
             "the blocklist operation needs feature names: set profiles.blocklist in the config or "
             "pass --blocklist NAME ... / --blocklist-file FILE"
         )
-    cols = c.resolve_features(profiles, features, source=source)
+    cols = resolve_features(profiles, features, source=source)
     keys = [k for k in io.WELL_KEYS if k in profiles.columns]
     if len(keys) == 2:
-        c.check_unique(profiles, keys, source=source, what="well")
-    mask, rule = c.reference_mask(
+        check_unique(profiles, keys, source=source, what="well")
+    mask, rule = reference_mask(
         profiles, samples, column=samples_column, value=samples_value, source=source
     )
     if not mask.any():
         raise InputDataError(f"{source}: no rows match the feature selection samples ({rule})")
-    x_all = c.feature_matrix(profiles, cols)
-    c.check_finite(x_all, cols, source=source)
+    x_all = feature_matrix(profiles, cols)
+    check_finite(x_all, cols, source=source)
     x = x_all if mask.all() else x_all[mask]
 
     current = list(range(len(cols)))
@@ -367,7 +369,7 @@ def feature_select(
         logger.info(
             "%s: %s dropped %d of %d features%s",
             source, op, len(dropped), len(names),
-            f" ({c.shown(dropped)})" if dropped else "",
+            f" ({shown(dropped)})" if dropped else "",
         )
         current = [j for j in current if cols[j] not in gone]
     kept = [cols[j] for j in current]
@@ -375,7 +377,7 @@ def feature_select(
         logger.warning("%s: feature selection dropped every feature", source)
     feat_set = set(cols)
     meta = [col for col in profiles.columns if col not in feat_set]
-    out = c.with_features(profiles, meta, _columns(x_all, current), kept)
+    out = with_features(profiles, meta, _columns(x_all, current), kept)
     logger.info(
         "%s: kept %d of %d features (statistics on %s, %d rows)",
         source, len(kept), len(cols), rule, int(mask.sum()),
@@ -400,15 +402,15 @@ def apply_selection(
     InputDataError
         When a kept feature is not in ``profiles``.
     """
-    cols = c.resolve_features(profiles, None, source=source)
+    cols = resolve_features(profiles, None, source=source)
     feat_set = set(cols)
     missing = [k for k in kept if k not in feat_set]
     if missing:
         raise InputDataError(
-            f"{source}: {len(missing)} selected feature(s) are not in the table ({c.shown(missing)});"
+            f"{source}: {len(missing)} selected feature(s) are not in the table ({shown(missing)});"
             f" the selection was made on a table with other features"
         )
     meta = [col for col in profiles.columns if col not in feat_set]
-    x = c.feature_matrix(profiles, list(kept))
+    x = feature_matrix(profiles, list(kept))
     logger.info("%s: kept %d of %d features from a saved selection", source, len(kept), len(cols))
-    return c.with_features(profiles, meta, x, list(kept))
+    return with_features(profiles, meta, x, list(kept))

@@ -11,8 +11,9 @@ import pytest
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.profiles import aggregate
-from cytoscreen.profiles._common import N_SITES_QC_FAILED, group_reduce
 from cytoscreen.profiles.aggregate import join_qc
+from cytoscreen.profiles.columns import N_SITES_QC_FAILED
+from cytoscreen.profiles.groups import group_reduce
 from tests.unit.profiles_fixtures import synthetic_sites
 
 

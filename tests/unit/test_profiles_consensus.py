@@ -8,8 +8,8 @@ import pytest
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.io import N_WELLS
 from cytoscreen.profiles import consensus
-from cytoscreen.profiles._common import N_WELLS
 from cytoscreen.profiles.consensus import modz_weights
 from tests.unit.profiles_fixtures import bbbc021_wells, synthetic_wells
 

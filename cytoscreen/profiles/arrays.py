@@ -1,0 +1,114 @@
+"""Feature matrices: one float array taken once from a table, checked, reduced, put back.
+
+Each operation converts its features to one float matrix (:func:`feature_matrix`, no copy when
+the table already holds one float block), works column-vectorised on it and builds the output
+table once (:func:`with_features`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cytoscreen.errors import InputDataError
+from cytoscreen.profiles.columns import shown
+
+logger = logging.getLogger(__name__)
+
+
+def matrix_dtype(df: pd.DataFrame, cols: Sequence[str]) -> type:
+    """float32 when every feature column is float32 or a smaller type, else float64."""
+    small = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int8), np.dtype(np.int16),
+             np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.bool_))
+    dtypes = set(df.dtypes[list(cols)].tolist()) if len(cols) else set()
+    try:
+        return np.float32 if all(np.dtype(d) in small for d in dtypes) else np.float64
+    except TypeError:  # pandas extension dtypes
+        return np.float64
+
+
+def feature_matrix(
+    df: pd.DataFrame, cols: Sequence[str], *, dtype: type | None = None
+) -> np.ndarray:
+    """The features as one float matrix (missing values as NaN), read-only.
+
+    No copy is made when the features already form one block of ``dtype`` in the table (as
+    :func:`cytoscreen.profiles.command.read_profiles` builds it), so callers must not write to it.
+    """
+    dtype = dtype or matrix_dtype(df, cols)
+    sub = df[list(cols)]
+    if all(pd.api.types.is_float_dtype(t) and not isinstance(t, pd.api.extensions.ExtensionDtype)
+           for t in sub.dtypes):
+        return sub.to_numpy(dtype=dtype, copy=False)
+    return sub.to_numpy(dtype=dtype, na_value=np.nan)
+
+
+def nonfinite_columns(x: np.ndarray) -> np.ndarray:
+    """Mask of columns that may hold NaN or inf (a superset: a column sum may also overflow)."""
+    if x.size == 0:
+        return np.zeros(x.shape[1], dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return ~np.isfinite(x.sum(axis=0))
+
+
+def check_finite(
+    x: np.ndarray, cols: Sequence[str], *, source: str, allow_nan: bool = True
+) -> int:
+    """Count missing values (logged); raise on infinite ones (and on NaN unless ``allow_nan``).
+
+    Returns the number of NaN values.
+    """
+    suspect = nonfinite_columns(x)
+    if not suspect.any():
+        return 0
+    idx = np.flatnonzero(suspect)
+    sub = x[:, idx]
+    isinf = np.isinf(sub)
+    if isinf.any():
+        bad = idx[isinf.any(axis=0)]
+        raise InputDataError(
+            f"{source}: {int(isinf.sum())} infinite feature value(s) in {len(bad)} column(s) "
+            f"({shown([cols[i] for i in bad])}); replace them with NaN (missing) upstream so "
+            f"`profiles select --operations drop_na_columns` can drop those features"
+        )
+    isnan = np.isnan(sub)
+    n_nan = int(isnan.sum())
+    if n_nan:
+        bad = idx[isnan.any(axis=0)]
+        if not allow_nan:
+            raise InputDataError(
+                f"{source}: {n_nan} missing (NaN) feature value(s) in {len(bad)} column(s) "
+                f"({shown([cols[i] for i in bad])}); drop those features first, e.g. with "
+                f"`cytoscreen profiles select --operations drop_na_columns --na-cutoff 0`"
+            )
+        logger.warning(
+            "%s: %d missing (NaN) feature value(s) in %d column(s) (%s); they are skipped by the "
+            "statistics and stay missing",
+            source, n_nan, len(bad), shown([cols[i] for i in bad]),
+        )
+    return n_nan
+
+
+def with_features(
+    df: pd.DataFrame, meta_cols: Sequence[str], x: np.ndarray, cols: Sequence[str]
+) -> pd.DataFrame:
+    """A table of ``df[meta_cols]`` (index reset) followed by float32 features ``x``."""
+    meta = df.loc[:, list(meta_cols)].reset_index(drop=True)
+    values = np.asarray(x, dtype=np.float32)
+    if not values.flags.writeable:  # a view of the input table: the output gets its own copy
+        values = values.copy()
+    feats = pd.DataFrame(values, columns=pd.Index(list(cols)), copy=False)
+    return pd.concat([meta, feats], axis=1)
+
+
+def nanmedian0(x: np.ndarray) -> np.ndarray:
+    """Column medians skipping NaN (plain median when there is none)."""
+    if not np.isnan(x).any():
+        return np.median(x, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(x, axis=0)
