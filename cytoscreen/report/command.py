@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace):
     from cytoscreen.config import load_config
     from cytoscreen.io import config_hash
-    from cytoscreen.report.data import ReportSettings
+    from cytoscreen.report.settings import ReportSettings
 
     config = load_config(args.config)
     section = dict(config["report"])
@@ -115,7 +115,7 @@ def _optional(
 
 def run_plate(args: argparse.Namespace) -> int:
     from cytoscreen import io
-    from cytoscreen.report.html import plate_report
+    from cytoscreen.report.pages.plate import plate_report
 
     settings, chash = _settings(args)
     qc = io.read_table(args.qc)
@@ -170,7 +170,7 @@ def run_screen(args: argparse.Namespace) -> int:
 
     from cytoscreen import io
     from cytoscreen.errors import InputDataError
-    from cytoscreen.report.html import screen_report
+    from cytoscreen.report.pages.screen import screen_report
 
     settings, chash = _settings(args)
     qc_tables = []

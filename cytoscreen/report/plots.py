@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from cytoscreen.report.data import PlateMatrix
+from cytoscreen.report.wells import PlateMatrix
 
 #: Marks drawn on control wells of a heatmap: pert_type -> glyph.
 CONTROL_GLYPHS = {"negcon": "\u2212", "poscon": "+"}
@@ -147,7 +147,7 @@ def heatmap_svg(
     Parameters
     ----------
     matrix
-        The values (see :func:`cytoscreen.report.data.plate_matrix`).
+        The values (see :func:`cytoscreen.report.wells.plate_matrix`).
     uid
         Unique id (element ids and the gradient).
     tooltips

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.plate import negcon_mask, qc_failed
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +75,23 @@ def channel_colors(
     return out
 
 
-def plate_limits(
-    qc: pd.DataFrame, channels: Sequence[str], *, reference: str = "negcon"
-) -> dict[str, tuple[float, float]]:
-    """Per-channel display limits from qc.parquet: median over the QC-passed reference sites
-    (all QC-passed sites when the plate has no ``reference`` wells) of each site's median
-    intensity (lo) and 99.9th percentile (hi).  Channels without those columns are left out."""
-    from cytoscreen.report.data import qc_failed
+def color_name(rgb: tuple[float, float, float]) -> str:
+    """The name of an RGB colour in ``NAMED_COLORS``, else its ``#rrggbb``."""
+    for name, val in NAMED_COLORS.items():
+        if np.allclose(val, rgb):
+            return name
+    return "#" + "".join(f"{int(round(255 * v)):02x}" for v in rgb)
 
-    ok = ~qc_failed(qc)
-    if io.PERT_TYPE in qc.columns and (ok & (qc[io.PERT_TYPE] == reference)).any():
-        ok = ok & (qc[io.PERT_TYPE] == reference)
+
+def plate_limits(qc: pd.DataFrame, channels: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Per-channel display limits from qc.parquet: median over the QC-passed negative-control
+    sites (:func:`cytoscreen.plate.negcon_mask`; all QC-passed sites when the plate has none) of
+    each site's median intensity (lo) and 99.9th percentile (hi).  Channels without those columns
+    are left out."""
+    ok = ~qc_failed(qc).to_numpy()
+    negcon = negcon_mask(qc)
+    if (ok & negcon).any():
+        ok = ok & negcon
     out = {}
     for ch in channels:
         lo_col = f"{io.METADATA_PREFIX}{ch}_MedianIntensity"

@@ -9,8 +9,11 @@ import pandas as pd
 import pytest
 
 from cytoscreen import io
-from cytoscreen.report import data as rd
-from cytoscreen.report.html import plate_report, screen_report
+from cytoscreen.qc import METRICS as QC_METRICS
+from cytoscreen.report import controls as rc
+from cytoscreen.report import wells as rw
+from cytoscreen.report.pages.plate import plate_report
+from cytoscreen.report.pages.screen import screen_report
 from tests.unit.report_fixtures import PageParser, external_references, report_screen  # noqa: F401
 
 MINUS = "\u2212"
@@ -99,8 +102,8 @@ def test_plate_report_sections_and_heatmaps(full_plate, tables):
         a["src"].startswith("data:image/jpeg;base64,") for a in page.find("img", within="gallery")
     )
     # Z' shown is the one computed from the tables, on the novelty score (auto readout)
-    s = rd.well_summary(tables["SYN001"]["qc"], novelty=tables["novelty"])
-    z = rd.control_quality(s, io.NOVELTY_SCORE).z_prime
+    s = rw.well_summary(tables["SYN001"]["qc"], novelty=tables["novelty"])
+    z = rc.control_quality(s, io.NOVELTY_SCORE).z_prime
     assert f'<strong id="zprime">{z:.4g}</strong>' in full_plate.replace(f"{z:.3g}<", f"{z:.4g}<")
     assert "Stage not run" not in full_plate
     # the well table has every well
@@ -254,7 +257,7 @@ def plate_384(tmp_path_factory):
                 )
     qc = pd.DataFrame(sites)
     for ch in channels:
-        for m in rd.QC_METRICS:
+        for m in QC_METRICS:
             qc[f"Metadata_{ch}_{m}"] = rng.gamma(2.0, 100.0, len(qc))
         qc[f"Metadata_{ch}_P999Intensity"] = qc[f"Metadata_{ch}_MedianIntensity"] + 3000
     for f in ("QC_blurry", "QC_saturated", "QC_empty", "QC_unreadable"):

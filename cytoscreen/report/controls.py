@@ -1,0 +1,123 @@
+"""Control quality of a plate: Z'-factor of a readout over the negcon and poscon wells.
+
+- :func:`control_quality`: Z' = 1 - 3 (sd_p + sd_n) / |mu_p - mu_n| (sample standard deviations,
+  ``ddof=1``; :func:`cytoscreen.stats.z_prime`) and the robust Z' (medians, 1.4826 x MAD).
+- :func:`resolve_readout`: the readout of the control-quality section is ``report.readout``;
+  ``auto`` takes the first of ``Metadata_Novelty_Score`` (novelty stage), the cell count
+  (``report.count_column``, segmentation), ``Metadata_<dna_channel>_MeanIntensity`` (QC, always
+  there) that has values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cytoscreen import io
+from cytoscreen.stats import z_prime
+
+
+def z_prime_verdict(z: float) -> str:
+    """The usual reading of a Z'-factor: excellent (>= 0.5), acceptable (0-0.5), poor (< 0)."""
+    if not np.isfinite(z):
+        return "n/a"
+    return "excellent" if z >= 0.5 else "acceptable" if z >= 0 else "poor"
+
+
+@dataclass(frozen=True)
+class ControlQuality:
+    """Negcon vs poscon statistics of one readout over the wells of a plate."""
+
+    readout: str | None
+    n_negcon: int = 0
+    n_poscon: int = 0
+    mean_negcon: float = float("nan")
+    sd_negcon: float = float("nan")
+    mean_poscon: float = float("nan")
+    sd_poscon: float = float("nan")
+    z_prime: float = float("nan")
+    robust_z_prime: float = float("nan")
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return z_prime_verdict(self.z_prime)
+
+
+def control_quality(
+    summary: pd.DataFrame, readout: str | None, *, negcon: str = "negcon", poscon: str = "poscon"
+) -> ControlQuality:
+    """Z' (and robust Z') of ``readout`` over the negcon and poscon wells of a well summary."""
+    if readout is None or readout not in summary.columns:
+        return ControlQuality(readout=readout, note=f"readout {readout} is not available")
+    pert = summary[io.PERT_TYPE].astype(str).str.lower()
+    values = pd.to_numeric(summary[readout], errors="coerce").astype(float)
+    neg = values[pert == negcon].dropna().to_numpy()
+    pos = values[pert == poscon].dropna().to_numpy()
+    note = ""
+    if len(neg) < 2 or len(pos) < 2:
+        note = (
+            f"Z' needs at least two {negcon} and two {poscon} wells with a value; "
+            f"found {len(neg)} and {len(pos)}"
+        )
+    return ControlQuality(
+        readout=readout,
+        n_negcon=len(neg),
+        n_poscon=len(pos),
+        mean_negcon=float(neg.mean()) if len(neg) else float("nan"),
+        sd_negcon=float(neg.std(ddof=1)) if len(neg) > 1 else float("nan"),
+        mean_poscon=float(pos.mean()) if len(pos) else float("nan"),
+        sd_poscon=float(pos.std(ddof=1)) if len(pos) > 1 else float("nan"),
+        z_prime=z_prime(pos, neg),
+        robust_z_prime=z_prime(pos, neg, robust=True),
+        note=note,
+    )
+
+
+
+def has_values(summary: pd.DataFrame, column: str) -> bool:
+    """True when ``column`` exists and holds at least one numeric value."""
+    return (
+        column in summary.columns and pd.to_numeric(summary[column], errors="coerce").notna().any()
+    )
+
+
+def resolve_readout(
+    summary: pd.DataFrame,
+    requested: str = "auto",
+    *,
+    dna_channel: str = "DNA",
+    count_column: str = "Count_Nuclei",
+) -> tuple[str | None, str]:
+    """The readout column for the control section and how it was chosen.
+
+    ``auto``: the first of the novelty score, the cell count, the DNA-channel mean intensity, any
+    channel's mean intensity that has values.  A named column that is missing gives ``None`` and a
+    note (the report says so instead of failing).
+    """
+    if requested != "auto":
+        if has_values(summary, requested):
+            return requested, "set by report.readout"
+        return None, f"report.readout {requested} is not in the tables given (stage not run?)"
+    candidates = [
+        (io.NOVELTY_SCORE, "novelty score (novelty stage)"),
+        (count_column, "cell count (segmentation)"),
+        (f"{io.METADATA_PREFIX}{dna_channel}_MeanIntensity", f"{dna_channel} mean intensity (QC)"),
+    ]
+    candidates += [
+        (c, "mean intensity (QC)") for c in summary.columns if str(c).endswith("_MeanIntensity")
+    ]
+    for col, why in candidates:
+        if has_values(summary, col):
+            return col, f"auto: {why}"
+    return None, "no readout available: no novelty score, cell count or intensity column"
+
+
+def candidate_readouts(summary: pd.DataFrame, *, count_column: str = "Count_Nuclei") -> list[str]:
+    """Columns worth a Z' line: novelty score, cell count, every channel's mean intensity."""
+    cols = [io.NOVELTY_SCORE, count_column]
+    cols += [c for c in summary.columns if str(c).endswith("_MeanIntensity")]
+    return [c for c in dict.fromkeys(cols) if has_values(summary, c)]
+
