@@ -297,3 +297,15 @@ def test_384_well_report_under_5_mb(plate_384):
         and len(page.find("img", within="gallery-hits")) == 12
     )
     assert "Count_Nuclei" in text and external_references(text) == []
+
+
+def test_assets_are_package_data():
+    from importlib import resources
+
+    from cytoscreen.report import components
+
+    folder = resources.files("cytoscreen.report").joinpath("assets")
+    assert {p.name for p in folder.iterdir()} >= {"page.html", "report.css", "report.js"}
+    assert ":root" in components.asset("report.css") and "data-report-ready" in components.asset("report.js")
+    page = components.page(kind="x", title="t", heading="h", subtitle="s", nav=[], body="<p>b</p>", footer="")
+    assert "$" not in page.replace("$(", "") and components.asset("report.css") in page

@@ -91,3 +91,26 @@ def test_site_thumbnail_from_real_images(report_screen, tmp_path):  # noqa: F811
     t3 = th.site_thumbnail(broken, channels=channels, colors=colors, limits=limits)
     assert t3.uri is None and "broken.tif" in t3.error
     assert th.site_thumbnail(site.iloc[:0], channels=channels, colors=colors).uri is None
+
+
+def test_plate_limits_follow_the_negcon_rule():
+    """The stretch reference is plate.negcon_mask: case/blank-insensitive pert type, else DMSO; the
+    report used an exact ``== "negcon"`` before, so "NegCon" plates fell back to every site."""
+
+    def qc(pert_type, perturbation):
+        return pd.DataFrame(
+            {
+                io.PERT_TYPE: pert_type,
+                io.PERTURBATION: perturbation,
+                "Metadata_DNA_MedianIntensity": [10.0, 12.0, 100.0, 14.0],
+                "Metadata_DNA_P999Intensity": [50.0, 60.0, 900.0, 70.0],
+                io.QC_BLURRY: [False, False, False, True],
+            }
+        )
+
+    mixed_case = th.plate_limits(qc([" NegCon", "negcon", "trt", "negcon"], ["d"] * 4), ["DNA"])
+    assert mixed_case == {"DNA": (11.0, 55.0)}  # two QC-passed negcon sites; blurry one left out
+    vehicle = th.plate_limits(qc(["trt"] * 4, ["DMSO", "dmso", "taxol", "DMSO"]), ["DNA"])
+    assert vehicle == {"DNA": (11.0, 55.0)}  # no negcon pert type: DMSO wells
+    none = th.plate_limits(qc(["trt"] * 4, ["a", "b", "c", "d"]), ["DNA"])
+    assert none == {"DNA": (12.0, 60.0)}  # no control at all: every QC-passed site

@@ -140,3 +140,15 @@ def test_well_summary_errors_and_pert_type_fill():
         0,
         1,
     ]
+
+
+def test_pert_types_follow_the_negcon_rule():
+    s = rw.well_summary(
+        _wells(
+            ["A01", "A02", "A03", "A04", "A05"],
+            **{io.SITE: 1, io.PERT_TYPE: [" NegCon", "negcon", "POSCON", None, "trt"]},
+        )
+    )
+    assert s[io.PERT_TYPE].tolist() == ["negcon", "negcon", "poscon", "unknown", "trt"]
+    vehicle = rw.well_summary(_wells(["A01", "A02"], **{io.SITE: 1, io.PERTURBATION: ["DMSO", "taxol"]}))
+    assert vehicle[io.PERT_TYPE].tolist() == ["negcon", "unknown"]
