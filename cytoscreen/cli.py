@@ -22,36 +22,42 @@ from cytoscreen.errors import CytoscreenError
 
 logger = logging.getLogger("cytoscreen")
 
-#: (command name, module with add_parser/run), in the order the help lists them.
-COMMANDS: tuple[tuple[str, str], ...] = (
-    ("synth", "cytoscreen.synth.command"),
-    ("ingest", "cytoscreen.ingest.command"),
-    ("qc", "cytoscreen.qc.command"),
-    ("backbones", "cytoscreen.backbones.command"),
-    ("features", "cytoscreen.features.command"),
-    ("segment", "cytoscreen.segment.command"),
-    ("profiles", "cytoscreen.profiles.command"),
-    ("novelty", "cytoscreen.novelty.command"),
-    ("moa", "cytoscreen.moa.command"),
-    ("evaluate", "cytoscreen.moa.evaluate_command"),
-    ("report", "cytoscreen.report.command"),
-    ("export", "cytoscreen.export.command"),
+#: (command names, module whose ``add_parser(subparsers)`` registers them), in the help's order.
+COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("synth",), "cytoscreen.synth.command"),
+    (("ingest",), "cytoscreen.ingest.command"),
+    (("qc",), "cytoscreen.qc.command"),
+    (("backbones",), "cytoscreen.backbones.command"),
+    (("features",), "cytoscreen.features.command"),
+    (("segment",), "cytoscreen.segment.command"),
+    (("profiles",), "cytoscreen.profiles.command"),
+    (("novelty",), "cytoscreen.novelty.command"),
+    (("moa", "evaluate"), "cytoscreen.moa.command"),
+    (("report",), "cytoscreen.report.command"),
+    (("export",), "cytoscreen.export.command"),
 )
 
 
-def _available_commands() -> list[tuple[str, str]]:
+def _available_commands() -> list[tuple[tuple[str, ...], str]]:
     out = []
-    for name, module in COMMANDS:
+    for names, module in COMMANDS:
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:
             found = False
         if found:
-            out.append((name, module))
+            out.append((names, module))
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line (the top-level options take no values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``cytoscreen`` parser; with ``command``, only the module registering it is imported
+    (so ``cytoscreen profiles ...`` does not import the other stages), else every command's."""
     parser = argparse.ArgumentParser(
         prog="cytoscreen",
         description="High-content screening: plate images -> QC -> CNN features -> profiles -> "
@@ -62,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for _name, module in _available_commands():
-        mod = importlib.import_module(module)
-        mod.add_parser(sub)
+    available = _available_commands()
+    chosen = [(n, m) for n, m in available if command in n]
+    for _names, module in chosen or available:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -100,7 +107,8 @@ class _QuietThirdParty(logging.Filter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (see STYLE.md for the codes)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     try:

@@ -11,14 +11,15 @@ join on the treatment columns to get them back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cytoscreen import io
-from cytoscreen.errors import InputDataError
+from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.moa import metrics
 from cytoscreen.moa.cluster import Clustering, cluster_profiles
 from cytoscreen.moa.embed import umap_embedding
@@ -137,3 +138,191 @@ def cluster_agreement(
         "n_treatments": int(keep.sum()),
         "n_moas": int(truth.nunique()),
     }
+
+
+# --- the stage as the workflow runs it ----------------------------------------------------------------
+@dataclass(frozen=True)
+class MoaSettings:
+    """The ``moa:`` config section (defaults are the schema's)."""
+
+    representation: str = "profiles"
+    cluster_method: str = "hierarchical"
+    n_clusters: int | None = None
+    max_clusters: int = 30
+    graph_neighbors: int = 15
+    resolution: float = 1.0
+    neighbors: int = 5
+    umap_neighbors: int = 15
+    umap_min_dist: float = 0.1
+    seed: int = 0
+    batch_column: str = io.BATCH
+    batch_regex: str | None = None
+    null_size: int = 10000
+    fdr: float = 0.05
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> MoaSettings:
+        """Settings from a validated ``moa:`` section; unknown keys are an error."""
+        from dataclasses import fields
+
+        section = dict(section or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - names)
+        if unknown:
+            raise ConfigError(f"moa: unknown setting(s) {', '.join(unknown)}")
+        return cls(**section)
+
+
+@dataclass(frozen=True)
+class MoaStageResult:
+    """Result of :func:`screen_moa`: the moa.parquet table and the evaluation.json summary."""
+
+    table: pd.DataFrame = field(repr=False)
+    summary: dict[str, Any]
+    clustering: Clustering = field(repr=False)
+
+
+def screen_moa(
+    wells: pd.DataFrame,
+    settings: MoaSettings,
+    *,
+    treatments: pd.DataFrame | None = None,
+    source: str = "wells",
+    treatments_source: str | None = None,
+) -> MoaStageResult:
+    """The MoA stage on one screen's well table: treatments, clusters, UMAP, neighbours, metrics.
+
+    Parameters
+    ----------
+    wells
+        Well-level profiles (or novelty residuals) of every plate.
+    settings
+        The ``moa:`` settings.
+    treatments
+        Consensus profiles (one row per treatment); without them, the median of ``wells`` by
+        perturbation and concentration.  Given ones are also what NSC, NSCB and MoA mAP use when
+        ``settings.representation`` is ``profiles``.
+    source, treatments_source
+        Names for messages and the summary.
+    """
+    from cytoscreen.moa.evaluate import evaluate_profiles, usable_features
+    from cytoscreen.moa.similarity import treatment_profiles
+
+    by = [c for c in (io.PERTURBATION, io.CONCENTRATION) if c in wells.columns]
+    if io.PERTURBATION not in by:
+        raise ConfigError(f"{source}: column {io.PERTURBATION!r} missing; is this a profile table?")
+    given = treatments is not None
+    if treatments is None:
+        treatments = treatment_profiles(wells, by=by)
+        table_source = f"median of {source}"
+    else:
+        table_source = str(treatments_source or "treatments")
+    logger.info("%d treatments from %s", len(treatments), table_source)
+    # columns with NaN (kept by a lenient drop_na_columns) are left out, with a logged warning
+    features, _ = usable_features(treatments, source=table_source)
+    s = settings
+    result = moa_table(
+        treatments, features=features, cluster_method=s.cluster_method, n_clusters=s.n_clusters,
+        max_clusters=s.max_clusters, graph_neighbors=s.graph_neighbors, resolution=s.resolution,
+        neighbors=s.neighbors, umap_neighbors=s.umap_neighbors, umap_min_dist=s.umap_min_dist,
+        seed=s.seed,
+    )
+    has_moa = io.MOA in wells.columns and wells[io.MOA].notna().any()
+    batch_col = s.batch_column if s.batch_column in wells.columns else None
+    if batch_col is None:
+        logger.warning("no %s column: NSCB is not computed", s.batch_column)
+    evaluation = evaluate_profiles(
+        wells,
+        compound_col=io.PERTURBATION,
+        dose_col=io.CONCENTRATION if io.CONCENTRATION in wells.columns else None,
+        moa_col=io.MOA if has_moa else None,
+        batch_col=batch_col,
+        batch_regex=s.batch_regex,
+        pert_type_col=io.PERT_TYPE,
+        treatments=treatments if given and s.representation == "profiles" else None,
+        null_size=s.null_size,
+        seed=s.seed,
+        fdr=s.fdr,
+        cluster=False,
+        source=str(source),
+    )
+    agreement = cluster_agreement(result.table)
+    clustering = result.clustering
+    summary = dict(evaluation.summary)
+    summary["cluster_ari"] = agreement["ari"] if agreement else None
+    if clustering.method == "hierarchical":
+        k_choice = "fixed" if s.n_clusters else "silhouette"
+    else:
+        k_choice = "louvain modularity"
+    summary["clustering"] = {
+        "method": clustering.method,
+        "n_clusters": clustering.n_clusters,
+        "silhouette": clustering.silhouette,
+        "k_choice": k_choice,
+        "silhouette_by_k": clustering.silhouette_by_k,
+        "n_treatments": len(result.table),
+        **({"ari": agreement["ari"], "purity": agreement["purity"]} if agreement else {}),
+    }
+    summary = {
+        "input": str(source),
+        "treatment_profiles": table_source,
+        "representation": s.representation,
+        **summary,
+    }
+    return MoaStageResult(table=result.table, summary=summary, clustering=clustering)
+
+
+def run_moa(
+    settings: MoaSettings,
+    *,
+    out: str | Path,
+    evaluation: str | Path,
+    profiles: str | Path | None = None,
+    consensus: str | Path | None = None,
+    residuals: str | Path | None = None,
+    config_hash: str | None = None,
+    config_source: str | None = None,
+) -> MoaStageResult:
+    """Read the stage's tables, run :func:`screen_moa`, write ``out`` (moa.parquet) and ``evaluation``.
+
+    With ``settings.representation == "residuals"`` the wells are ``residuals`` (consensus is not
+    used); else ``profiles``, with ``consensus`` as the treatment profiles when given.
+    """
+    if settings.representation == "residuals":
+        if not residuals:
+            raise ConfigError(
+                f"{config_source or 'config'}: moa.representation is residuals but no --residuals "
+                f"table was given; pass the novelty stage's residuals.parquet or set "
+                f"moa.representation: profiles"
+            )
+        source, wells, treatments = str(residuals), io.read_table(residuals), None
+    else:
+        if not profiles:
+            raise ConfigError("moa.representation is profiles: pass the well table as --profiles")
+        source, wells = str(profiles), io.read_table(profiles)
+        treatments = io.read_table(consensus) if consensus else None
+    logger.info("read %s (%d wells, representation %s)", source, len(wells), settings.representation)
+    result = screen_moa(
+        wells, settings, treatments=treatments, source=source,
+        treatments_source=str(consensus) if treatments is not None else None,
+    )
+    prov = io.provenance(
+        "moa",
+        config_hash=config_hash,
+        inputs=[str(p) for p in (profiles, consensus, residuals) if p],
+        representation=settings.representation,
+    )
+    io.write_parquet(result.table, out, provenance=prov)
+    io.write_json(result.summary, evaluation)
+    summary = result.summary
+    logger.info(
+        "wrote %s (%d treatments, %d clusters) and %s (nsc %s, nscb %s, map_replicate %s, "
+        "map_moa %s, cluster ARI %s)",
+        out, len(result.table), result.clustering.n_clusters, evaluation,
+        *(_fmt(summary.get(k)) for k in ("nsc", "nscb", "map_replicate", "map_moa", "cluster_ari")),
+    )
+    return result
+
+
+def _fmt(value) -> str:
+    return "NA" if value is None else f"{value:.3f}"
