@@ -73,6 +73,18 @@ def negcon_mask(df: pd.DataFrame, *, vehicle: Sequence[str] = VEHICLE_VALUES) ->
     return negcon_rule(df, vehicle=vehicle)[0]
 
 
+def pert_type_mask(df: pd.DataFrame, pert_type: str = NEGCON) -> np.ndarray:
+    """Rows of a ``Metadata_pert_type`` value, compared stripped and case-insensitively;
+    ``"negcon"`` is :func:`negcon_mask` (with its vehicle fallback).  A table without the column
+    has no rows of any other type."""
+    value = str(pert_type).strip().lower()
+    if value == NEGCON:
+        return negcon_mask(df)
+    if io.PERT_TYPE not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    return (_normalised(df[io.PERT_TYPE]) == value).to_numpy()
+
+
 # --- failed sites ----------------------------------------------------------------------------------
 def qc_failed(qc: pd.DataFrame, flags: Sequence[str] | None = None) -> pd.Series:
     """True for the rows (sites) with any ``QC_*`` flag set (only ``flags`` when given; those absent
@@ -80,7 +92,7 @@ def qc_failed(qc: pd.DataFrame, flags: Sequence[str] | None = None) -> pd.Series
     cols = io.qc_columns(qc) if flags is None else [c for c in flags if c in qc.columns]
     if not cols:
         return pd.Series(False, index=qc.index, dtype=bool)
-    return qc[cols].fillna(False).astype(bool).any(axis=1)
+    return qc[cols].astype("boolean").fillna(False).astype(bool).any(axis=1)
 
 
 # --- treatment labels ------------------------------------------------------------------------------

@@ -23,14 +23,21 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cytoscreen import io
+from cytoscreen import io, stats
 from cytoscreen.errors import InputDataError
 from cytoscreen.features import preprocess as pp
+from cytoscreen.plate import (
+    frame_column,
+    negcon_rule,
+    path_column,
+    qc_failed,
+    site_sort_keys,
+    sites_from_images,
+)
 
 logger = logging.getLogger(__name__)
 
-UNREADABLE = "QC_unreadable"
-NEGCON = "negcon"
+UNREADABLE = io.QC_UNREADABLE
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,21 +68,12 @@ class SiteTable:
 
     def qc_passed(self) -> np.ndarray:
         """Boolean mask of sites with every ``QC_*`` flag False."""
-        flags = io.qc_columns(self.sites)
-        if not flags:
-            return np.ones(len(self.sites), bool)
-        return ~self.sites[flags].fillna(False).astype(bool).any(axis=1).to_numpy()
+        return ~qc_failed(self.sites).to_numpy()
 
 
 def site_label(row: pd.Series | dict) -> str:
     """``P1 A01 s2`` for messages."""
     return f"{row.get(io.PLATE, '?')} {row.get(io.WELL, '?')} s{row.get(io.SITE, '?')}"
-
-
-def _sort_keys(df: pd.DataFrame) -> list[str]:
-    if io.ROW in df.columns and io.COL in df.columns:
-        return [io.PLATE, io.ROW, io.COL, io.WELL, io.SITE]
-    return [io.PLATE, io.WELL, io.SITE]
 
 
 def build_site_table(
@@ -105,66 +103,14 @@ def build_site_table(
         Missing columns, a site without one of the channels (naming the site's files), a channel
         listed twice for a site, sites missing from the QC table, or nothing left to embed.
     """
-    need = [*io.SITE_KEYS, io.CHANNEL, io.PATH]
-    missing_cols = [c for c in need if c not in images.columns]
-    if missing_cols:
-        raise InputDataError(f"{source}: missing column(s) {', '.join(missing_cols)}; rerun cytoscreen ingest")
-    if images.empty:
-        raise InputDataError(f"{source}: no images listed")
-    df = images.copy()
-    if io.FRAME not in df.columns:
-        df[io.FRAME] = -1
-    df[io.CHANNEL] = df[io.CHANNEL].astype(str)
-    # channel order: first appearance in images.parquet, which ingest writes in the order of the
-    # config's `channels` mapping
-    present = list(dict.fromkeys(df[io.CHANNEL]))
-    if channels:
-        unknown = [c for c in channels if c not in present]
-        if unknown:
-            raise InputDataError(
-                f"{source}: channel(s) {', '.join(unknown)} named in features.channels have no "
-                f"images; channels present: {', '.join(present)}"
-            )
-        df = df[df[io.CHANNEL].isin(list(channels))]
-    chans = tuple(channels) if channels else tuple(present)
-
+    sites = sites_from_images(images, channels, source=source, key="features.channels")
+    chans = tuple(channels) if channels else tuple(dict.fromkeys(images[io.CHANNEL].astype(str)))
+    path_cols = [path_column(c) for c in chans]
+    frame_cols = [frame_column(c) for c in chans]
+    paths = sites[path_cols].to_numpy(object)
+    frames = sites[frame_cols].to_numpy(np.int64)
+    sites = sites.drop(columns=[*path_cols, *frame_cols])
     keys = list(io.SITE_KEYS)
-    dup = df.duplicated([*keys, io.CHANNEL], keep=False)
-    if dup.any():
-        first = df[dup].iloc[0]
-        files = df[dup & (df[io.WELL] == first[io.WELL]) & (df[io.SITE] == first[io.SITE])
-                   & (df[io.CHANNEL] == first[io.CHANNEL])][io.PATH].tolist()
-        raise InputDataError(
-            f"{source}: {int(dup.sum())} images share a site and channel, e.g. site "
-            f"{site_label(first)} channel {first[io.CHANNEL]}: {', '.join(map(str, files[:3]))}; "
-            f"check the file-name layout"
-        )
-
-    # site-level metadata: Metadata_* columns constant within every site
-    meta_cols = [c for c in io.metadata_columns(df) if c != io.CHANNEL]
-    grouped = df.groupby(keys, sort=False, dropna=False)
-    varying = grouped[meta_cols].nunique(dropna=False).max() if len(df) else pd.Series(dtype=int)
-    site_cols = [c for c in meta_cols if c in keys or int(varying.get(c, 0)) <= 1]
-    sites = grouped[[c for c in site_cols if c not in keys]].first().reset_index()
-    sites = sites[[c for c in site_cols]]
-
-    site_index = pd.MultiIndex.from_frame(sites[keys])
-    paths = _pivot(df, keys, io.PATH).reindex(site_index)[list(chans)].to_numpy(object)
-    frames = _pivot(df, keys, io.FRAME).reindex(site_index)[list(chans)].to_numpy()
-    holes = pd.isna(paths)
-    if holes.any():
-        bad_rows = np.flatnonzero(holes.any(axis=1))
-        examples = []
-        for r in bad_rows[:3]:
-            rec = sites.iloc[r]
-            lacking = [chans[c] for c in np.flatnonzero(holes[r])]
-            have = [str(p) for p in paths[r] if not pd.isna(p)]
-            examples.append(f"site {site_label(rec)} lacks {', '.join(lacking)} (has {', '.join(have[:3])})")
-        raise InputDataError(
-            f"{source}: {len(bad_rows)} site(s) miss a channel: {'; '.join(examples)}; every site "
-            f"needs every channel of features.channels ({', '.join(chans)})"
-        )
-    frames = frames.astype(np.int64)
 
     skipped = sites.iloc[0:0][keys]
     if qc is not None:
@@ -172,7 +118,7 @@ def build_site_table(
         skipped = sites.loc[~keep, keys].reset_index(drop=True)
         sites, paths, frames = sites[keep], paths[keep], frames[keep]
 
-    order = sites.sort_values(_sort_keys(sites), kind="stable").index.to_numpy()
+    order = sites.sort_values(site_sort_keys(sites), kind="stable").index.to_numpy()
     pos = sites.index.get_indexer(order)
     sites = sites.loc[order].reset_index(drop=True)
     paths, frames = paths[pos], frames[pos]
@@ -182,10 +128,6 @@ def build_site_table(
             f"images and {qc_source}"
         )
     return SiteTable(sites=sites, channels=chans, paths=paths, frames=frames, skipped=skipped)
-
-
-def _pivot(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
-    return df.set_index([*keys, io.CHANNEL])[value].unstack(io.CHANNEL)
 
 
 def _join_qc(sites: pd.DataFrame, qc: pd.DataFrame, keys: list[str], *, source: str,
@@ -281,11 +223,8 @@ class SiteDataset(Dataset):
 
 
 def _spread(candidates: np.ndarray, max_sites: int) -> np.ndarray:
-    """At most ``max_sites`` (0 = all) positions evenly spread over ``candidates`` (sorted order)."""
-    if max_sites <= 0 or len(candidates) <= max_sites:
-        return candidates
-    picks = np.unique(np.linspace(0, len(candidates) - 1, max_sites).round().astype(int))
-    return candidates[picks]
+    """At most ``max_sites`` (0 = all) of ``candidates``, evenly spread (:func:`cytoscreen.stats.spread`)."""
+    return candidates[stats.spread(len(candidates), max_sites)]
 
 
 def _stream(dataset: SiteDataset, num_workers: int):
@@ -332,17 +271,13 @@ def fit_reference(
         prep = replace(prep, illum=acc.functions(illum_sigma_px))
         logger.info("%s: illumination functions from %d sites (sigma %.1f px)", where, acc.count, illum_sigma_px)
     if prep.scaling == "negcon":
-        if io.PERT_TYPE not in table.sites.columns:
-            raise InputDataError(
-                f"{where}: {io.PERT_TYPE} missing from images.parquet, so negcon wells are unknown; "
-                f"join a platemap in ingest or set features.scaling: image"
-            )
-        is_neg = (table.sites[io.PERT_TYPE].astype(str) == NEGCON).to_numpy()
+        is_neg, rule = negcon_rule(table.sites)
         candidates = np.flatnonzero(is_neg & table.qc_passed())
         if len(candidates) == 0:
             raise InputDataError(
-                f"{where}: no QC-passed negcon site ({int(is_neg.sum())} negcon sites in all) to fix "
-                f"the intensity scale; mark negcon wells in the platemap or set features.scaling: image"
+                f"{where}: no QC-passed negcon site ({int(is_neg.sum())} negcon sites in all; {rule}) "
+                f"to fix the intensity scale; mark negcon wells in the platemap or set "
+                f"features.scaling: image"
             )
         chosen = _spread(candidates, max_sites)
         ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen, mode="levels")

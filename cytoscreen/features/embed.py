@@ -30,7 +30,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
-from cytoscreen import io
+from cytoscreen import compute, io
 from cytoscreen.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, create_backbone
 from cytoscreen.errors import ComputeError, ConfigError
 from cytoscreen.features import preprocess as pp
@@ -38,7 +38,7 @@ from cytoscreen.features.dataset import SiteDataset, SiteTable, build_site_table
 
 logger = logging.getLogger(__name__)
 
-ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu")
+ACCELERATORS = compute.ACCELERATORS
 PRECISIONS: tuple[str, ...] = ("auto", "32-true", "16-mixed", "bf16-mixed")
 STAGE = "features"
 
@@ -266,22 +266,12 @@ class FeatureResult:
 
 
 def _resolve_accelerator(accelerator: str) -> str:
-    cuda = torch.cuda.is_available()
-    if accelerator == "gpu" and not cuda:
-        raise ComputeError(
-            "features.accelerator is gpu but no CUDA device is visible here; run on a GPU node or "
-            "set features.accelerator: cpu"
-        )
-    if accelerator == "auto":
-        return "gpu" if cuda else "cpu"
-    return accelerator
+    return compute.resolve_accelerator(accelerator, key="features.accelerator")
 
 
 def _cluster_plugins(settings: FeatureSettings) -> list[Any]:
-    """Lightning's cluster environment for this job (see :mod:`cytoscreen.cluster`)."""
-    from cytoscreen.cluster import lightning_cluster_plugins
-
-    return lightning_cluster_plugins(settings.devices, settings.num_nodes)
+    """Lightning's cluster environment for this job (see :mod:`cytoscreen.compute`)."""
+    return compute.lightning_cluster_plugins(settings.devices, settings.num_nodes)
 
 
 def make_trainer(settings: FeatureSettings, *, callbacks: Sequence[pl.Callback] = (),

@@ -3,7 +3,7 @@
 ``novelty.trainer`` keys pass straight to ``pytorch_lightning.Trainer`` (``accelerator``,
 ``devices``, ``strategy``, ``num_nodes``, ``precision``, ``max_epochs``, or any other Trainer
 argument), so the same code runs on one CPU, under DDP on N GPUs, and on SLURM (see
-:mod:`cytoscreen.cluster`: in a one-task job Lightning starts the N processes itself; with one task
+:mod:`cytoscreen.compute`: in a one-task job Lightning starts the N processes itself; with one task
 per device ``SLURMEnvironment`` with ``auto_requeue`` takes over).  Early stopping
 and checkpointing watch the validation loss of the held-out validation wells.
 """
@@ -27,7 +27,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from cytoscreen.cluster import lightning_cluster_plugins
+from cytoscreen.compute import lightning_cluster_plugins
 from cytoscreen.errors import ComputeError, ConfigError
 from cytoscreen.novelty.data import NoveltyDataModule, NoveltySplit
 from cytoscreen.novelty.model import NoveltyAutoencoder

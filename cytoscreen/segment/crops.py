@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytoscreen import io
+from cytoscreen import io, plate, stats
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.segment.segment import mask_path, write_mask  # noqa: F401  (re-exported)
 
@@ -255,28 +255,22 @@ def crop_sites(
 
 
 # --- crop embeddings -------------------------------------------------------------------------------
-def _spread(n: int, k: int) -> np.ndarray:
-    if k <= 0 or n <= k:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, k).round().astype(int))
-
-
 def reference_levels(array, index: pd.DataFrame, *, reference: str = "negcon",
                      percentiles: Sequence[float] = (0.1, 99.9), max_crops: int = 2000) -> np.ndarray:
     """Per-channel (lo, hi) from the pooled pixels of up to ``max_crops`` reference crops.
 
-    Reference crops are those of ``Metadata_pert_type == reference`` wells (every crop when there
-    are none, with a warning); they are spread evenly over the plate.  Padding is left out.
+    Reference crops are those of ``Metadata_pert_type == reference`` wells
+    (:func:`cytoscreen.plate.pert_type_mask`; every crop when there are none, with a warning);
+    they are spread evenly over the plate.  Padding is left out.
     """
     if len(index) == 0:
         raise InputDataError("no crops to fit intensity levels on")
-    is_ref = (index[io.PERT_TYPE].astype(str) == reference).to_numpy() if io.PERT_TYPE in index.columns \
-        else np.zeros(len(index), dtype=bool)
+    is_ref = plate.pert_type_mask(index, reference)
     if not is_ref.any():
         logger.warning("crops: no %s crops; intensity levels fitted on all crops", reference)
         is_ref = np.ones(len(index), dtype=bool)
     rows = index[CROP].to_numpy()[np.flatnonzero(is_ref)]
-    pick = np.sort(rows[_spread(len(rows), max_crops)])
+    pick = np.sort(rows[stats.spread(len(rows), max_crops)])
     data = np.asarray(array.oindex[pick] if hasattr(array, "oindex") else array[pick])
     padded = index.set_index(CROP).loc[pick, CROP_PADDED].to_numpy(bool)
     levels = np.zeros((data.shape[1], 2), dtype=np.float64)
@@ -463,13 +457,13 @@ def sites_to_wells(sites: pd.DataFrame, *, method: str = "median") -> pd.DataFra
     QC-failed sites are left out (as for ``wells.parquet``); ``Metadata_n_cells`` is the number
     of cells in the well's QC-passed sites.
     """
-    from cytoscreen.profiles.aggregate import aggregate, failed_qc
+    from cytoscreen.profiles.aggregate import aggregate
 
     if sites.empty:
         raise InputDataError("crops: no site has cells; nothing to aggregate to wells")
     wells = aggregate(sites.drop(columns=[N_CELLS]), method=method, by=io.WELL_KEYS,
                       source="single-cell sites")
-    kept = sites.loc[~failed_qc(sites)]
+    kept = sites.loc[~plate.qc_failed(sites).to_numpy()]
     cells = kept.groupby(list(io.WELL_KEYS), sort=False)[N_CELLS].sum().rename(N_CELLS).reset_index()
     wells = wells.merge(cells, on=list(io.WELL_KEYS), how="left", sort=False)
     wells[N_CELLS] = wells[N_CELLS].fillna(0).astype(np.int64)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cytoscreen import io
-from cytoscreen.errors import ComputeError, ConfigError, ModelError
+from cytoscreen import compute, io
+from cytoscreen.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ BUILTIN_FILES: dict[str, str] = {
 #: Diameter (px) Cellpose rescales objects to in its built-in nuclei model (stored in code, not file).
 NUCLEI_DIAM_MEAN = 17.0
 MODELS_URL = "https://www.cellpose.org/models"
-ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu")
+ACCELERATORS = compute.ACCELERATORS
 
 
 def cellpose_model_dir() -> Path:
@@ -134,26 +134,17 @@ def offline_cellpose() -> Iterator[None]:
 
 
 def resolve_device(accelerator: str = "auto"):
-    """The torch device for ``segment.accelerator``: a GPU when present (auto), or as asked.
+    """The torch device for ``segment.accelerator``: a GPU when present (auto), or as asked
+    (:func:`cytoscreen.compute.torch_device`).
 
     Raises
     ------
+    ConfigError
+        ``accelerator`` is not auto, cpu or gpu.
     ComputeError
         ``gpu`` asked for but no CUDA device is visible.
     """
-    import torch
-
-    if accelerator not in ACCELERATORS:
-        raise ConfigError(f"segment.accelerator: choose one of {', '.join(ACCELERATORS)}, not {accelerator!r}")
-    has_cuda = torch.cuda.is_available()
-    if accelerator == "gpu" and not has_cuda:
-        raise ComputeError(
-            "segment.accelerator is gpu but no CUDA device is visible; run on a GPU node or set "
-            "`segment.accelerator: auto` (or cpu)"
-        )
-    if accelerator == "cpu" or not has_cuda:
-        return torch.device("cpu")
-    return torch.device("cuda")
+    return compute.torch_device(accelerator, key="segment.accelerator")
 
 
 def load_model(spec: ModelSpec, *, device=None):

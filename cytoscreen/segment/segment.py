@@ -41,14 +41,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytoscreen import io
+from cytoscreen import io, plate, stats
 from cytoscreen.errors import ConfigError, InputDataError
 
 logger = logging.getLogger(__name__)
 
 STAGE = "segment"
 OBJECTS: tuple[str, ...] = ("Nuclei", "Cells")
-MAD_SCALE = 1.4826
 
 
 def count_column(obj: str) -> str:
@@ -135,56 +134,26 @@ class SegmentSettings:
 
 # --- site table ------------------------------------------------------------------------------------
 def site_table(images: pd.DataFrame, channels: Sequence[str], *, source: str = "images") -> pd.DataFrame:
-    """One row per site: its ``Metadata_*`` columns plus ``path_<Channel>`` / ``frame_<Channel>``.
-
-    Rows are sorted by plate, row, column and site (as the features stage sorts its sites).
+    """One row per site: its ``Metadata_*`` columns plus ``path_<Channel>`` / ``frame_<Channel>``
+    (:func:`cytoscreen.plate.sites_from_images`), sorted by plate, row, column and site.
 
     Raises
     ------
+    ConfigError
+        A channel of the segment config has no images.
     InputDataError
-        A required column or channel is missing, or a site lacks one of ``channels``.
+        A required column is missing, or a site lacks one of ``channels``.
     """
-    need = [io.PLATE, io.WELL, io.SITE, io.CHANNEL, io.PATH, io.FRAME]
-    missing = [c for c in need if c not in images.columns]
-    if missing:
-        raise InputDataError(f"{source}: missing column(s) {', '.join(missing)}; pass an images.parquet")
-    if images.empty:
-        raise InputDataError(f"{source}: the image table is empty")
-    present = list(dict.fromkeys(images[io.CHANNEL].astype(str)))
-    absent = [ch for ch in channels if ch not in present]
-    if absent:
-        raise ConfigError(
-            f"{source}: channel(s) {', '.join(absent)} named in the segment config are not in the "
-            f"image table (channels: {', '.join(present)}); set `segment.nuclei_channel` / "
-            f"`segment.cell_channel` to one of those"
-        )
-    keys = list(io.SITE_KEYS)
-    meta = [c for c in io.metadata_columns(images) if c != io.CHANNEL]
-    sub = images[images[io.CHANNEL].isin(list(channels))]
-    out = sub.drop_duplicates(keys)[meta].set_index(keys)
-    for ch in channels:
-        rows = sub[sub[io.CHANNEL] == ch]
-        dup = rows.duplicated(keys)
-        if dup.any():
-            r = rows[dup].iloc[0]
-            raise InputDataError(
-                f"{source}: channel {ch} listed twice for site {r[io.PLATE]} {r[io.WELL]} s{r[io.SITE]}"
+    if io.CHANNEL in images.columns:
+        present = list(dict.fromkeys(images[io.CHANNEL].astype(str)))
+        absent = [ch for ch in channels if ch not in present]
+        if absent and not images.empty:
+            raise ConfigError(
+                f"{source}: channel(s) {', '.join(absent)} named in the segment config are not in "
+                f"the image table (channels: {', '.join(present)}); set `segment.nuclei_channel` / "
+                f"`segment.cell_channel` to one of those"
             )
-        rows = rows.set_index(keys)
-        out[f"path_{ch}"] = rows[io.PATH]
-        out[f"frame_{ch}"] = rows[io.FRAME]
-    lacking = out[[f"path_{ch}" for ch in channels]].isna().any(axis=1)
-    if lacking.any():
-        first = lacking[lacking].index[0]
-        raise InputDataError(
-            f"{source}: {int(lacking.sum())} site(s) lack a {' or '.join(channels)} image, e.g. "
-            f"{first[0]} {first[1]} s{first[2]}; re-run ingest (it checks completeness)"
-        )
-    order = [io.PLATE, io.ROW, io.COL, io.WELL, io.SITE] if {io.ROW, io.COL} <= set(meta) else keys
-    out = out.reset_index().sort_values(order, kind="stable").reset_index(drop=True)
-    for ch in channels:
-        out[f"frame_{ch}"] = out[f"frame_{ch}"].astype(np.int64)
-    return out
+    return plate.sites_from_images(images, list(channels), source=source, key="the segment config")
 
 
 def qc_flagged(sites: pd.DataFrame, qc: pd.DataFrame | None, column: str | None = None) -> np.ndarray:
@@ -192,12 +161,11 @@ def qc_flagged(sites: pd.DataFrame, qc: pd.DataFrame | None, column: str | None 
     flag when None); sites missing from ``qc`` count as not flagged."""
     if qc is None or qc.empty:
         return np.zeros(len(sites), dtype=bool)
-    cols = [column] if column else io.qc_columns(qc)
-    cols = [c for c in cols if c in qc.columns]
-    if not cols:
+    failed = plate.qc_failed(qc, [column] if column else None)
+    if not failed.any():
         return np.zeros(len(sites), dtype=bool)
     flags = qc[list(io.SITE_KEYS)].copy()
-    flags["_flag"] = qc[cols].fillna(False).astype(bool).any(axis=1).to_numpy()
+    flags["_flag"] = failed.to_numpy()
     flags = flags.drop_duplicates(list(io.SITE_KEYS))
     merged = sites[list(io.SITE_KEYS)].merge(flags, on=list(io.SITE_KEYS), how="left")
     return merged["_flag"].fillna(False).astype(bool).to_numpy()
@@ -317,25 +285,15 @@ def _read(row: Mapping[str, Any], channel: str) -> np.ndarray:
     return io.read_image(row[f"path_{channel}"], int(row[f"frame_{channel}"]))
 
 
-def _spread(n: int, k: int) -> np.ndarray:
-    """``k`` indices spread evenly over ``range(n)``."""
-    if k <= 0 or n <= k:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, k).round().astype(int))
-
-
 def diameter_sample(sites: pd.DataFrame, *, qc: pd.DataFrame | None = None, n_sites: int = 8,
                     reference: str = "negcon") -> pd.DataFrame:
     """Up to ``n_sites`` QC-passed reference (negcon) sites spread over the plate (any sites if none)."""
     ok = ~qc_flagged(sites, qc, None)
-    if io.PERT_TYPE in sites.columns:
-        ref = ok & (sites[io.PERT_TYPE].astype(str) == reference).to_numpy()
-    else:
-        ref = np.zeros(len(sites), dtype=bool)
+    ref = ok & plate.pert_type_mask(sites, reference)
     pool = np.flatnonzero(ref) if ref.any() else np.flatnonzero(ok)
     if len(pool) == 0:
         pool = np.arange(len(sites))
-    return sites.iloc[pool[_spread(len(pool), n_sites)]]
+    return sites.iloc[pool[stats.spread(len(pool), n_sites)]]
 
 
 def estimate_diameter(masks: Sequence[np.ndarray], *, fallback: float) -> float:
@@ -469,10 +427,7 @@ def segment_sites(
 # --- QC join and QC_low_count ----------------------------------------------------------------------
 def _robust_scale(ref: np.ndarray) -> tuple[float, float]:
     """(median, scale) of reference counts: 1.4826 MAD, else 1.2533 mean abs dev, else sqrt(median)."""
-    med = float(np.median(ref))
-    scale = MAD_SCALE * float(np.median(np.abs(ref - med)))
-    if not scale > 0:
-        scale = 1.2533 * float(np.mean(np.abs(ref - med)))
+    med, scale = stats.robust_center_scale(ref)
     if not scale > 0:
         scale = math.sqrt(med)  # Poisson standard deviation of a count
     return med, scale
@@ -488,20 +443,22 @@ def low_count_z(
 ) -> pd.Series:
     """Robust z-score of each site's ``count`` against the QC-passed reference sites of its plate.
 
-    Reference sites: ``Metadata_pert_type == reference``, no ``QC_*`` flag set (``QC_low_count``
-    itself ignored) and a count present.  Groups with fewer reference sites get NaN (and a warning).
+    Reference sites: ``Metadata_pert_type == reference`` (:func:`cytoscreen.plate.pert_type_mask`:
+    for ``negcon``, the one negcon rule with its DMSO fallback), no ``QC_*`` flag set
+    (``QC_low_count`` itself ignored) and a count present.  Groups with fewer reference sites get
+    NaN (and a warning).
     """
     z = pd.Series(np.nan, index=table.index, dtype=np.float64, name="low_count_z")
     if count not in table.columns:
         raise InputDataError(f"table has no {count} column; run `cytoscreen segment run` first")
-    if io.PERT_TYPE not in table.columns:
-        logger.warning("no %s column: QC_low_count cannot find the %s sites; no site flagged",
-                       io.PERT_TYPE, reference)
+    if not plate.pert_type_mask(table, reference).any():
+        logger.warning("no %s sites (%s): QC_low_count has no reference; no site flagged",
+                       reference, plate.negcon_rule(table)[1] if reference == plate.NEGCON else io.PERT_TYPE)
         return z
     values = pd.to_numeric(table[count], errors="coerce").astype(np.float64)
     flags = [c for c in io.qc_columns(table) if c != io.QC_LOW_COUNT]
-    failed = table[flags].fillna(False).astype(bool).any(axis=1) if flags else pd.Series(False, index=table.index)
-    is_ref = (table[io.PERT_TYPE].astype(str) == reference) & ~failed & values.notna()
+    failed = plate.qc_failed(table, flags)
+    is_ref = pd.Series(plate.pert_type_mask(table, reference), index=table.index) & ~failed & values.notna()
     for key, group in table.groupby(list(by), sort=False, dropna=False):
         idx = group.index
         ref = values.loc[idx][is_ref.loc[idx]].to_numpy()

@@ -133,8 +133,12 @@ def test_fit_reference_negcon_levels_and_illumination(plate):
 
 def test_fit_reference_without_negcon_is_clear(plate):
     images, qc = plate
-    table = build_site_table(images.assign(Metadata_pert_type="trt"), qc)
+    # no negcon wells and no DMSO wells (the one negcon rule falls back to DMSO)
+    table = build_site_table(images.assign(Metadata_pert_type="trt", Metadata_perturbation="x"), qc)
     with pytest.raises(InputDataError, match="features.scaling: image"):
         fit_reference(table, pp.Preprocessing(input_px=32), plate="P1")
+    # typed "trt" but with DMSO wells: those are the negcon reference
+    dmso = build_site_table(images.assign(Metadata_pert_type="trt"), qc)
+    assert fit_reference(dmso, pp.Preprocessing(input_px=32), plate="P1").levels is not None
     # image scaling needs no reference
     assert fit_reference(table, pp.Preprocessing(input_px=32, scaling="image")).levels is None

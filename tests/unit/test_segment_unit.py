@@ -66,7 +66,7 @@ def test_site_table_pivots_channels_and_checks():
         sg.site_table(_images(), ["Actin"])
     broken = _images()
     broken = broken.drop(index=broken.index[(broken[io.WELL] == "A02") & (broken[io.CHANNEL] == "DNA")])
-    with pytest.raises(InputDataError, match="lack a DNA"):
+    with pytest.raises(InputDataError, match="A02 s1 lacks DNA"):
         sg.site_table(broken, ["DNA", "Tubulin"])
 
 

@@ -2,7 +2,7 @@
 # Lightning DDP over novelty.trainer.devices GPUs when accelerator is gpu), then every well scored
 # (conformal p-values against held-out control wells, BH q-values, hit calls, residuals).
 
-from cytoscreen.novelty.resources import gpu_resources, threads_per_process
+from cytoscreen.compute import gpu_resources, threads_per_process
 
 # Resource numbers from novelty.trainer, worked out in the package so the rules stay plain.
 _NOVELTY_TRAINER = config["novelty"]["trainer"]
@@ -11,20 +11,20 @@ _NOVELTY_GPU_RESOURCES = gpu_resources(_NOVELTY_TRAINER)
 _NOVELTY_TRAIN_THREADS = 4
 # CPU DDP processes share the job's threads
 _NOVELTY_THREADS_PER_PROCESS = threads_per_process(_NOVELTY_TRAINER, _NOVELTY_TRAIN_THREADS)
-NOVELTY_DIR = f"{RESULTS}/screen/novelty"
 
 
 rule novelty_train:
     input:
-        f"{RESULTS}/screen/feature_selected.parquet",
+        cfg=CONFIG,
+        profiles=rules.profiles_select.output.screen,
     output:
-        f"{NOVELTY_DIR}/model.ckpt",
+        OUT["novelty_model"],
     log:
-        f"{RESULTS}/logs/novelty/train.log",
+        f"{LOGS}/novelty/train.log",
     benchmark:
-        f"{RESULTS}/benchmarks/novelty/train.tsv"
+        f"{BENCHMARKS}/novelty/train.tsv"
     params:
-        cfg=CONFIGFILE,
+        settings=settings("novelty"),
         threads_per_process=_NOVELTY_THREADS_PER_PROCESS,
     threads: _NOVELTY_TRAIN_THREADS
     resources:
@@ -34,23 +34,24 @@ rule novelty_train:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen novelty train {input} --config {params.cfg} --out {output} "
+        "cytoscreen novelty train {input.profiles} --config {input.cfg} --out {output} "
         "--threads {params.threads_per_process} > {log} 2>&1"
 
 
 rule novelty_score:
     input:
-        profiles=f"{RESULTS}/screen/feature_selected.parquet",
-        checkpoint=f"{NOVELTY_DIR}/model.ckpt",
+        cfg=CONFIG,
+        profiles=rules.profiles_select.output.screen,
+        checkpoint=rules.novelty_train.output[0],
     output:
-        novelty=f"{NOVELTY_DIR}/novelty.parquet",
-        residuals=f"{NOVELTY_DIR}/residuals.parquet",
+        novelty=OUT["novelty"],
+        residuals=OUT["residuals"],
     log:
-        f"{RESULTS}/logs/novelty/score.log",
+        f"{LOGS}/novelty/score.log",
     benchmark:
-        f"{RESULTS}/benchmarks/novelty/score.tsv"
+        f"{BENCHMARKS}/novelty/score.tsv"
     params:
-        cfg=CONFIGFILE,
+        settings=settings("novelty"),
     threads: 2
     resources:
         mem_mb=4000,
@@ -59,11 +60,8 @@ rule novelty_score:
         CONDA_ENV
     shell:
         "cytoscreen novelty score {input.profiles} --checkpoint {input.checkpoint} "
-        "--config {params.cfg} --out {output.novelty} --residuals {output.residuals} "
+        "--config {input.cfg} --out {output.novelty} --residuals {output.residuals} "
         "--threads {threads} > {log} 2>&1"
 
 
-NOVELTY_OUTPUTS = [
-    f"{RESULTS}/screen/novelty/novelty.parquet",
-    f"{RESULTS}/screen/novelty/residuals.parquet",
-]
+NOVELTY_OUTPUTS = [OUT["novelty"], OUT["residuals"]]
