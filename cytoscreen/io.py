@@ -47,6 +47,13 @@ N_SITES = "Metadata_n_sites"
 N_WELLS = "Metadata_n_wells"
 PATH = "path"
 FRAME = "frame"
+#: Per-image columns of images.parquet read from the file header at ingest: numpy dtype name
+#: (``uint8``, ``uint16``, ``float32``) and bits per sample (8, 12, 16, 32).
+DTYPE = "dtype"
+BIT_DEPTH = "bit_depth"
+#: Factor every reader applies to an image's values so that a plate mixing bit depths shares one
+#: full scale (1.0 unless ``ingest.on_mixed_bit_depth: rescale``).
+INTENSITY_SCALE = "intensity_scale"
 
 NOVELTY_SCORE = "Metadata_Novelty_Score"
 NOVELTY_PVALUE = "Metadata_Novelty_PValue"
@@ -60,8 +67,9 @@ QC_BLURRY = "QC_blurry"
 QC_SATURATED = "QC_saturated"
 QC_EMPTY = "QC_empty"
 QC_UNREADABLE = "QC_unreadable"
+QC_CONSTANT = "QC_constant"
 #: The image-QC flags, in the order reports list them.
-QC_IMAGE_FLAGS = (QC_UNREADABLE, QC_SATURATED, QC_BLURRY, QC_EMPTY)
+QC_IMAGE_FLAGS = (QC_UNREADABLE, QC_CONSTANT, QC_SATURATED, QC_BLURRY, QC_EMPTY)
 SITE_KEYS = (PLATE, WELL, SITE)
 WELL_KEYS = (PLATE, WELL)
 
@@ -399,6 +407,25 @@ def image_dtype_max(img: np.ndarray) -> float:
     if np.issubdtype(img.dtype, np.integer):
         return float(np.iinfo(img.dtype).max)
     return 1.0
+
+
+def image_full_scale(img: np.ndarray, bit_depth: int | None = None) -> float:
+    """The value a saturated pixel of ``img`` has.
+
+    Integer images: ``2**bit_depth - 1`` when the file declares fewer bits than its dtype holds
+    (a 12-bit camera in a 16-bit TIFF), else the dtype's maximum.  Float images, by their actual
+    range: 1.0 when every value is at most 1 (a 0-1 image), else the smallest ``2**k - 1`` at or
+    above the maximum (raw counts stored as float: 4095 for a 12-bit camera, 65535 for 16-bit).
+    """
+    if np.issubdtype(img.dtype, np.integer):
+        full = float(np.iinfo(img.dtype).max)
+        if bit_depth and 0 < bit_depth < np.iinfo(img.dtype).bits:
+            full = float(2 ** int(bit_depth) - 1)
+        return full
+    top = float(np.nanmax(img)) if img.size else 0.0
+    if not np.isfinite(top) or top <= 1.0:
+        return 1.0
+    return float(2 ** int(np.ceil(np.log2(top + 1.0))) - 1)
 
 
 # --- MoA stage (moa.parquet: one row per treatment, every column Metadata_*) ---------------------

@@ -26,11 +26,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cytoscreen.config import load_config
-    from cytoscreen.ingest.index import ingest_plate
+    from cytoscreen.config import load_config, plate_info
+    from cytoscreen.ingest import IngestSettings, ingest_plate
 
     config = load_config(args.config)
-    table = ingest_plate(config, args.plate)
+    table = ingest_plate(args.plate, plate_info(config, args.plate), IngestSettings.from_config(config))
     io.write_parquet(table, args.out, provenance=io.provenance("ingest", plate=args.plate,
                                                                config_hash=io.config_hash(config)))
     logger.info("plate %s: wrote %s (%d images, %d wells)", args.plate, args.out, len(table),

@@ -14,6 +14,7 @@ import pandas as pd
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.ingest.layouts import (
+    OME_ZARR_LAYOUT,
     ZARR_LAYOUT,
     GroupParseError,
     parse_col,
@@ -23,6 +24,7 @@ from cytoscreen.ingest.layouts import (
     resolve_layout,
 )
 from cytoscreen.ingest.platemap import _show
+from cytoscreen.ingest.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,10 @@ def index_plate(
         raise InputDataError(f"{root}: image folder of plate {plate} not found")
     if regex == ZARR_LAYOUT:
         df = _index_zarr(root, plate, channels)
+    elif regex == OME_ZARR_LAYOUT:
+        from cytoscreen.ingest.omezarr import index_ome_zarr
+
+        df = index_ome_zarr(root, plate=plate, channels=channels)
     else:
         df = _index_files(root, plate, regex, layout, channels, extensions, on_unmatched_files)
     _check_complete(df, root)
@@ -246,19 +252,20 @@ def _check_complete(df: pd.DataFrame, root: Path) -> None:
             f"{', '.join(expected)}")
 
 
-def ingest_plate(config: Mapping, plate: str) -> pd.DataFrame:
-    """Index and annotate one plate as the workflow does: the ``images.parquet`` table."""
-    from cytoscreen.config import plate_info
+def ingest_plate(plate: str, info: Mapping[str, str], settings: IngestSettings) -> pd.DataFrame:
+    """Index and annotate one plate as the workflow does: the ``images.parquet`` table.
+
+    ``info`` is the plate's row of the plate table (:func:`cytoscreen.config.plate_info`):
+    ``images``, ``layout``, ``platemap`` and ``batch``.
+    """
     from cytoscreen.ingest.platemap import join_platemap, read_platemap
 
-    info = plate_info(config, plate)
-    ing = config["ingest"]
-    images = index_plate(info["images"], plate=plate, layout=info["layout"], channels=config["channels"],
-                         user_layouts=config["layouts"], extensions=ing["extensions"],
-                         on_unmatched_files=ing["on_unmatched_files"])
+    images = index_plate(info["images"], plate=plate, layout=info["layout"], channels=settings.channels,
+                         user_layouts=settings.layouts, extensions=settings.extensions,
+                         on_unmatched_files=settings.on_unmatched_files)
     platemap = read_platemap(info["platemap"])
-    out = join_platemap(images, platemap, source=info["platemap"], on_missing_wells=ing["on_missing_wells"],
-                        on_unmapped_wells=ing["on_unmapped_wells"])
+    out = join_platemap(images, platemap, source=info["platemap"], on_missing_wells=settings.on_missing_wells,
+                        on_unmapped_wells=settings.on_unmapped_wells)
     out.insert(1, io.BATCH, info["batch"])
     if out.empty:
         raise InputDataError(f"plate {plate}: no images left after joining the platemap")

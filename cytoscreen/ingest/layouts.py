@@ -39,17 +39,18 @@ BUILTIN_LAYOUTS: dict[str, str] = {
 }
 BUILTIN_LAYOUTS["operetta"] = BUILTIN_LAYOUTS["phenix"]
 ZARR_LAYOUT = "zarr"
+OME_ZARR_LAYOUT = "ome-zarr"  # OME-Zarr HCS plate store (cytoscreen/ingest/omezarr.py)
 REQUIRED_GROUPS = ("site",)
 
 
 def resolve_layout(name: str, user_layouts: Mapping[str, str] | None = None) -> re.Pattern[str] | str:
-    """The compiled regex of a layout, or the string ``"zarr"``; ConfigError for unknown names."""
+    """The compiled regex of a layout, or the string ``"zarr"`` / ``"ome-zarr"``; ConfigError for unknown names."""
     user_layouts = dict(user_layouts or {})
-    if name == ZARR_LAYOUT:
-        return ZARR_LAYOUT
+    if name in (ZARR_LAYOUT, OME_ZARR_LAYOUT):
+        return name
     pattern = user_layouts.get(name, BUILTIN_LAYOUTS.get(name))
     if pattern is None:
-        known = sorted(set(BUILTIN_LAYOUTS) | {ZARR_LAYOUT} | set(user_layouts))
+        known = sorted(set(BUILTIN_LAYOUTS) | {ZARR_LAYOUT, OME_ZARR_LAYOUT} | set(user_layouts))
         raise ConfigError(f"unknown layout {name!r}; known layouts: {', '.join(known)} (add your own "
                           f"regex under `layouts:` in the config)")
     try:
@@ -71,7 +72,7 @@ class GroupParseError(ValueError):
 
     def __init__(self, group: str, value: str, why: str):
         super().__init__(f"group `{group}` = {value!r}: {why}")
-        self.group = group
+        self.group, self.value, self.why = group, value, why
 
 
 def parse_row(token: str) -> int:

@@ -11,6 +11,7 @@ import pandas as pd
 from cytoscreen import io
 from cytoscreen.config import load_schema, validate
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.ingest.layouts import GroupParseError, parse_well
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,15 @@ def read_platemap(path: str | Path) -> pd.DataFrame:
     if pm.empty:
         raise ConfigError(f"{path}: platemap has no rows")
     schema = load_schema("platemap")
+    wells = []
     for i, rec in enumerate(pm.to_dict(orient="records")):
         rec = {k: v for k, v in rec.items() if v != ""}
+        if "well" in rec:
+            try:
+                wells.append(parse_well(rec["well"]))
+            except GroupParseError as err:
+                raise ConfigError(f"{path} line {i + 2}: well {rec['well']!r} is not a well name: "
+                                  f"{err.why}") from None
         if "concentration" in rec:
             try:
                 rec["concentration"] = float(rec["concentration"])
@@ -44,7 +52,7 @@ def read_platemap(path: str | Path) -> pd.DataFrame:
                     f"{path} line {i + 2}: concentration {rec['concentration']!r} is not a number"
                 ) from err
         validate(rec, schema, source=f"{path} line {i + 2}")
-    pm["well"] = [io.normalize_well(w) for w in pm["well"]]
+    pm["well"] = wells
     dup = pm["well"][pm["well"].duplicated()].unique().tolist()
     if dup:
         raise ConfigError(f"{path}: well(s) listed twice: {', '.join(dup[:10])}")

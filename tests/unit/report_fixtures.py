@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 from cytoscreen import io
-from cytoscreen.config import load_config
-from cytoscreen.ingest.index import ingest_plate
-from cytoscreen.qc import run_qc
+from cytoscreen.config import load_config, plate_info
+from cytoscreen.ingest import IngestSettings, ingest_plate
+from cytoscreen.qc import QCSettings, run_qc
 from tests.conftest import write_config
 
 PLATES = ("SYN001", "SYN002")
@@ -168,8 +168,8 @@ def build_report_screen(tiny_screen: Path, out: Path) -> ReportScreen:
     results = out / "results"
     qcs, profiles = [], []
     for k, plate in enumerate(PLATES):
-        images = ingest_plate(cfg, plate)
-        qc = run_qc(images, cfg["qc"])
+        images = ingest_plate(plate, plate_info(cfg, plate), IngestSettings.from_config(cfg))
+        qc = run_qc(images, QCSettings.from_config(cfg["qc"]))
         io.write_parquet(
             images, results / plate / "images.parquet", provenance=io.provenance("ingest")
         )

@@ -6,20 +6,23 @@ import pytest
 
 from cytoscreen import io
 from cytoscreen.cli import main
-from cytoscreen.config import load_config
-from cytoscreen.ingest.index import ingest_plate
-from cytoscreen.qc import failed, image_metrics, robust_z, run_qc
+from cytoscreen.config import load_config, plate_info
+from cytoscreen.errors import ConfigError
+from cytoscreen.ingest import IngestSettings, ingest_plate
+from cytoscreen.qc import FLAGS, METRICS, QCSettings, failed, image_metrics, run_qc
+from cytoscreen.stats import robust_z
 
 
 @pytest.fixture()
 def plate_images(tiny_plate):
     config = load_config(tiny_plate / "config.yaml")
-    return config, ingest_plate(config, "SYN001")
+    images = ingest_plate("SYN001", plate_info(config, "SYN001"), IngestSettings.from_config(config))
+    return QCSettings.from_config(config["qc"]), images
 
 
 def test_flags_match_synthetic_truth(plate_images, tiny_plate):
     config, images = plate_images
-    qc = run_qc(images, config["qc"])
+    qc = run_qc(images, config)
     truth = pd.read_csv(tiny_plate / "truth" / "SYN001.tsv", sep="\t")
     truth["well"] = truth["well"].map(io.normalize_well)
     merged = qc.merge(truth, left_on=[io.WELL, io.SITE], right_on=["well", "site"], validate="1:1")
@@ -31,6 +34,18 @@ def test_flags_match_synthetic_truth(plate_images, tiny_plate):
     # metrics are per channel, under Metadata_ so they never count as features
     assert io.feature_columns(qc) == []
     assert {"Metadata_DNA_FocusScore", "Metadata_Actin_SaturationFraction"} <= set(qc.columns)
+    assert {f"Metadata_{ch}_{m}" for ch in ("DNA", "Tubulin", "Actin") for m in METRICS} <= set(qc.columns)
+    assert set(FLAGS) <= set(qc.columns) and not qc["QC_constant"].any()
+
+
+def test_settings_from_schema_defaults_and_unknown_keys():
+    s = QCSettings.from_config({})
+    assert (s.batch_size, s.blur_z, s.empty_z, s.min_sites_for_outliers) == (16, 3.5, 6.0, 8)
+    assert QCSettings.from_config({"blur_z": 2.0}).blur_z == 2.0
+    with pytest.raises(ConfigError, match="qc: unknown key.*blur_zz"):
+        QCSettings.from_config({"blur_zz": 2.0})
+    ing = IngestSettings.from_config({"channels": {"w1": "DNA"}, "ingest": {"extensions": [".tif"]}})
+    assert ing.channels == {"w1": "DNA"} and ing.extensions == (".tif",) and ing.on_missing_wells == "error"
 
 
 def test_empty_and_corrupt_sites_are_flagged_not_raised(plate_images, tmp_path):
@@ -48,7 +63,7 @@ def test_empty_and_corrupt_sites_are_flagged_not_raised(plate_images, tmp_path):
     src = images.loc[(images[io.WELL] == "A06") & (images[io.CHANNEL] == "DNA"), io.PATH].iloc[0]
     bad.write_bytes(open(src, "rb").read()[:300])
     images.loc[(images[io.WELL] == "A06") & (images[io.CHANNEL] == "DNA"), io.PATH] = str(bad)
-    qc = run_qc(images, config["qc"]).set_index(io.WELL)
+    qc = run_qc(images, config).set_index(io.WELL)
     assert qc.loc["A05", "QC_empty"] and not qc.drop(index="A05")["QC_empty"].any()
     assert qc.loc["A06", "QC_unreadable"] and qc["QC_unreadable"].sum() == 1
     assert np.isnan(qc.loc["A06", "Metadata_DNA_FocusScore"])
@@ -68,7 +83,7 @@ def test_image_metrics_values():
 
 
 def test_histogram_percentiles_equal_numpy():
-    from cytoscreen.qc import _percentiles
+    from cytoscreen.qc.metrics import _percentiles
 
     rng = np.random.default_rng(1)
     for img in (rng.integers(0, 65535, (37, 41), dtype=np.uint16), rng.integers(0, 255, (64, 3), dtype=np.uint8),

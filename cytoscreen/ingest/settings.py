@@ -1,0 +1,43 @@
+"""Typed ingest settings: the ``ingest:`` section plus ``channels:`` and ``layouts:``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from cytoscreen.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestSettings:
+    """Settings of :func:`cytoscreen.ingest.ingest_plate`.
+
+    ``channels`` maps file-name tokens (or page indices) to channel names, ``layouts`` holds the
+    user's named regexes; the rest are the ``ingest:`` keys of ``config.schema.yaml``.  Build it
+    with :meth:`from_config`, which takes schema defaults for every key the config does not set.
+    """
+
+    channels: Mapping[str, str]
+    layouts: Mapping[str, str]
+    extensions: tuple[str, ...]
+    on_unmatched_files: str
+    on_missing_wells: str
+    on_unmapped_wells: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> IngestSettings:
+        """Settings from a whole config (``channels``, ``layouts`` and the ``ingest`` section)."""
+        from cytoscreen.argparse_ import section_defaults
+
+        section = {**section_defaults("ingest"), **dict(config.get("ingest") or {})}
+        names = {f.name for f in dataclasses.fields(cls)} - {"channels", "layouts"}
+        unknown = sorted(set(section) - names)
+        if unknown:
+            raise ConfigError(f"ingest: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        section["extensions"] = tuple(section["extensions"])
+        return cls(
+            channels={str(k): str(v) for k, v in (config.get("channels") or {}).items()},
+            layouts={str(k): str(v) for k, v in (config.get("layouts") or {}).items()},
+            **{k: section[k] for k in names},
+        )
