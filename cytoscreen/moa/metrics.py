@@ -34,6 +34,7 @@ import pandas as pd
 
 from cytoscreen.errors import InputDataError
 from cytoscreen.moa.similarity import cosine_similarity, feature_matrix, unit_rows
+from cytoscreen.stats import benjamini_hochberg
 
 logger = logging.getLogger(__name__)
 
@@ -277,18 +278,6 @@ def null_average_precision(n_pos: int, n_total: int, *, null_size: int, seed: in
         positions = np.sort(np.argpartition(keys, n_pos - 1, axis=1)[:, :n_pos], axis=1) + 1.0
         out[start : start + m] = (ranks / positions).mean(axis=1)
     return out
-
-
-def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values); NaN stays NaN."""
-    from scipy.stats import false_discovery_control
-
-    p = np.asarray(p_values, dtype=np.float64)
-    q = np.full_like(p, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        q[ok] = false_discovery_control(p[ok], method="bh")
-    return q
 
 
 @dataclass(frozen=True)

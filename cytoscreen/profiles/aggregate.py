@@ -21,6 +21,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.plate import qc_failed
 from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
 from cytoscreen.profiles.columns import N_SITES_QC_FAILED, check_unique, resolve_by, resolve_features, shown
 from cytoscreen.profiles.groups import first_rows, group_codes, group_label, group_metadata, group_reduce
@@ -28,15 +29,6 @@ from cytoscreen.profiles.groups import first_rows, group_codes, group_label, gro
 logger = logging.getLogger(__name__)
 
 AGGREGATE_METHODS = ("median", "mean")
-
-
-def failed_qc(sites: pd.DataFrame) -> np.ndarray:
-    """True for rows with any ``QC_*`` flag set (missing flags count as passed)."""
-    cols = io.qc_columns(sites)
-    if not cols:
-        return np.zeros(len(sites), dtype=bool)
-    flags = sites[cols].fillna(False).astype(bool).to_numpy()
-    return flags.any(axis=1)
 
 
 def join_qc(
@@ -111,13 +103,13 @@ def aggregate(
     if len(sites) == 0:
         raise InputDataError(f"{source}: the table has no rows")
 
-    failed = failed_qc(sites)
+    failed = qc_failed(sites).to_numpy()
     has_qc = bool(io.qc_columns(sites))
     codes_all, n_all = group_codes(sites, by)
     failed_per_group = np.bincount(codes_all, weights=failed, minlength=n_all).astype(np.int64)
     if has_qc:
         per_flag = {
-            col: int(sites[col].fillna(False).astype(bool).sum()) for col in io.qc_columns(sites)
+            col: int(qc_failed(sites, [col]).sum()) for col in io.qc_columns(sites)
         }
         flag_text = ", ".join(f"{k}: {v}" for k, v in per_flag.items() if v) or "none"
         if exclude_qc_failed:

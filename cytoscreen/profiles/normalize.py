@@ -35,13 +35,13 @@ from cytoscreen.profiles.arrays import check_finite, feature_matrix, nanmedian0,
 from cytoscreen.profiles.columns import check_unique, resolve_by, resolve_features, shown
 from cytoscreen.profiles.groups import first_rows, group_codes, group_label
 from cytoscreen.profiles.reference import reference_mask
+from cytoscreen.stats import MAD_SCALE
 
 logger = logging.getLogger(__name__)
 
 NORMALIZE_METHODS = ("mad_robustize", "standardize", "robustize", "spherize")
 SPHERIZE_METHODS = ("ZCA", "ZCA-cor", "PCA", "PCA-cor")
 #: MAD to standard deviation of a normal distribution, as in pycytominer's ``RobustMAD``.
-MAD_SCALE = 1.4826
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""NSC/NSCB, mAP, BH and ARI on hand-built cases with known answers, and against copairs."""
+"""NSC/NSCB, mAP and ARI (BH: test_stats.py) on hand-built cases with known answers, and against copairs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from cytoscreen.moa import metrics
 from cytoscreen.moa.metrics import (
     average_precision_ranked,
-    benjamini_hochberg,
     moa_map,
     nn_accuracy,
     null_average_precision,
@@ -135,12 +134,6 @@ def test_null_average_precision_matches_random_expectation(m, n):
     again = null_average_precision(m, n, null_size=20000, seed=3)
     np.testing.assert_array_equal(null, again)
     assert not np.array_equal(null, null_average_precision(m, n, null_size=20000, seed=4))
-
-
-def test_benjamini_hochberg_hand_values():
-    q = benjamini_hochberg([0.01, 0.04, 0.03, 0.2, np.nan])
-    np.testing.assert_allclose(q[:4], [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])
-    assert np.isnan(q[4])
 
 
 def _tight_treatments(seed: int = 0, signal: float = 5.0) -> tuple[pd.DataFrame, np.ndarray]:

@@ -60,6 +60,23 @@ def test_benjamini_hochberg_by_hand_and_against_scipy():
     assert stats.benjamini_hochberg([]).shape == (0,)
 
 
+def test_benjamini_hochberg_hand_values():  # was test_moa_metrics.py
+    q = stats.benjamini_hochberg([0.01, 0.04, 0.03, 0.2, np.nan])
+    np.testing.assert_allclose(q[:4], [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])
+    assert np.isnan(q[4])
+
+
+def test_bh_qvalues_match_scipy_and_ignore_nan():  # was test_novelty_score.py
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(size=40), rng.uniform(0, 0.01, size=10)])
+    np.testing.assert_allclose(stats.benjamini_hochberg(p), scipy.stats.false_discovery_control(p), rtol=1e-12)
+    with_nan = np.concatenate([p, [np.nan, np.nan]])
+    q = stats.benjamini_hochberg(with_nan)
+    assert np.isnan(q[-2:]).all()
+    np.testing.assert_allclose(q[:-2], scipy.stats.false_discovery_control(p), rtol=1e-12)
+    assert np.isnan(stats.benjamini_hochberg(np.array([np.nan]))).all()
+
+
 def test_spread():
     np.testing.assert_array_equal(stats.spread(10, 3), [0, 4, 9])  # linspace 0 4.5 9 -> round half even
     np.testing.assert_array_equal(stats.spread(5, 0), np.arange(5))
