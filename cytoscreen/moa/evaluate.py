@@ -10,14 +10,16 @@ profiles and not a normalization chosen by the evaluation.
   their names logged and recorded in the result.
 - **Treatments** are compound x dose (missing doses form their own group); a treatment's profile is
   the feature-wise median of its wells unless a treatment table (e.g. a MODZ consensus) is given.
-- **Negative controls** are the wells with pert type ``negcon`` (case-insensitive) when the
-  pert-type column exists and has any; otherwise the wells whose compound is in ``negcon`` (default
-  ``DMSO``, case-insensitive).  Control treatments are never queried nor candidates for NSC/NSCB or
+- **Negative controls** follow :func:`cytoscreen.plate.negcon_rule` on the named columns: the
+  wells with pert type ``negcon`` (stripped, case-insensitive) when the pert-type column exists and
+  has any; otherwise the wells whose compound is in ``negcon`` (default ``DMSO``, stripped,
+  case-insensitive).  Control treatments are never queried nor candidates for NSC/NSCB or
   MoA mAP; control wells are the negatives of replicate mAP.
 - **Batches** for NSCB come from ``batch_col``, optionally through ``batch_regex``: the first
   capture group of its first match (the whole match without groups), e.g. ``^(Week\\d+)`` turns
   the BBBC021 plate ``Week4_27481`` into ``Week4``.  A treatment in several batches has them all.
-- **Metrics**: see :mod:`cytoscreen.moa.metrics`.  ``nsc``/``nscb`` score the non-control
+- **Metrics**: see :mod:`cytoscreen.moa.metrics`; :mod:`cytoscreen.moa.evaluate_scores` computes
+  each and assembles the summary.  ``nsc``/``nscb`` score the non-control
   treatments that have a MoA; ``map_replicate`` is the mean over treatments of the replicate mAP
   (wells of a treatment against control wells); ``map_moa`` is the mean over MoAs of the MoA mAP
   on treatment profiles (same MoA and other compound against other MoAs).  ``cluster_ari`` compares
@@ -35,23 +37,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cytoscreen import io
+from cytoscreen import io, plate
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.moa import evaluate_scores as scores
 from cytoscreen.moa import metrics
-from cytoscreen.moa.similarity import treatment_label, treatment_profiles
+from cytoscreen.moa.evaluate_scores import BATCHES, CPD, DOSE, MOA, NEGCON, EvaluationInputs
+from cytoscreen.moa.similarity import treatment_profiles
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NEGCON: tuple[str, ...] = ("DMSO",)
-NEGCON_PERT_TYPE = "negcon"
-
-# internal treatment-table columns (Metadata_ so they are never features)
-_CPD = "Metadata_eval_compound"
-_DOSE = "Metadata_eval_dose"
-_MOA = "Metadata_eval_moa"
-_BATCHES = "Metadata_eval_batches"
-_NEGCON = "Metadata_eval_negcon"
-_N_WELLS = "Metadata_n_wells"
+DEFAULT_NEGCON: tuple[str, ...] = plate.VEHICLE_VALUES
 
 
 @dataclass(frozen=True)
@@ -66,6 +61,7 @@ class Evaluation:
     map_moa: metrics.MapResult | None = field(repr=False, default=None)
 
 
+# --- inputs -----------------------------------------------------------------------------------
 def _require(table: pd.DataFrame, cols: Sequence[str | None], source: str) -> None:
     for col in cols:
         if col is not None and col not in table.columns:
@@ -146,22 +142,25 @@ def derive_batches(values: pd.Series, regex: str | None, *, source: str = "table
     return out
 
 
-def negcon_mask(
+def negcon_wells(
     wells: pd.DataFrame,
     *,
     compound_col: str,
     pert_type_col: str | None = io.PERT_TYPE,
     negcon: Sequence[str] = DEFAULT_NEGCON,
 ) -> tuple[np.ndarray, str]:
-    """Negative-control wells and a sentence saying how they were recognised."""
+    """Negative-control wells by :func:`cytoscreen.plate.negcon_rule` applied to the named
+    columns (pert type ``pert_type_col``, vehicle names ``negcon`` in ``compound_col``), and a
+    sentence saying how they were recognised."""
+    view = pd.DataFrame({io.PERTURBATION: wells[compound_col].to_numpy()})
     if pert_type_col and pert_type_col in wells.columns:
-        mask = wells[pert_type_col].astype(str).str.strip().str.lower() == NEGCON_PERT_TYPE
-        if mask.any():
-            return mask.to_numpy(), f"{pert_type_col} == {NEGCON_PERT_TYPE}"
-        logger.info("%s has no %s wells; using compound names", pert_type_col, NEGCON_PERT_TYPE)
-    names = sorted({str(n).strip().lower() for n in negcon})
-    mask = wells[compound_col].astype(str).str.strip().str.lower().isin(names)
-    return mask.to_numpy(), f"{compound_col} in {list(negcon)} (case-insensitive)"
+        view[io.PERT_TYPE] = wells[pert_type_col].to_numpy()
+    mask, rule = plate.negcon_rule(view, vehicle=negcon)
+    if pert_type_col and rule.startswith(io.PERT_TYPE):
+        return mask, f"{pert_type_col} == {plate.NEGCON}"
+    if pert_type_col and pert_type_col in wells.columns:
+        logger.info("%s has no %s wells; using compound names", pert_type_col, plate.NEGCON)
+    return mask, f"{compound_col} in {list(negcon)} (case-insensitive)"
 
 
 def _single_moa(values: pd.Series) -> object:
@@ -185,16 +184,16 @@ def build_treatments(
     keys = [compound_col] + ([dose_col] if dose_col else [])
     meta = pd.DataFrame(
         {
-            _CPD: wells[compound_col].to_numpy(),
-            _DOSE: wells[dose_col].to_numpy() if dose_col else np.nan,
-            _NEGCON: negcon,
+            CPD: wells[compound_col].to_numpy(),
+            DOSE: wells[dose_col].to_numpy() if dose_col else np.nan,
+            NEGCON: negcon,
         }
     )
-    meta[_MOA] = wells[moa_col].to_numpy() if moa_col else None
-    meta[_BATCHES] = batches.to_numpy() if batches is not None else None
-    grouped = meta.groupby([_CPD, _DOSE], dropna=False, sort=False)
+    meta[MOA] = wells[moa_col].to_numpy() if moa_col else None
+    meta[BATCHES] = batches.to_numpy() if batches is not None else None
+    grouped = meta.groupby([CPD, DOSE], dropna=False, sort=False)
     if moa_col:
-        n_moa = grouped[_MOA].nunique()
+        n_moa = grouped[MOA].nunique()
         conflict = n_moa[n_moa > 1]
         if len(conflict):
             cpd, dose = conflict.index[0]
@@ -204,19 +203,19 @@ def build_treatments(
             )
     info = grouped.agg(
         **{
-            _NEGCON: (_NEGCON, "max"),
-            _MOA: (_MOA, _single_moa),
-            _BATCHES: (_BATCHES, lambda s: frozenset(v for v in s if v is not None)),
-            _N_WELLS: (_NEGCON, "size"),
+            NEGCON: (NEGCON, "max"),
+            MOA: (MOA, _single_moa),
+            BATCHES: (BATCHES, lambda s: frozenset(v for v in s if v is not None)),
+            io.N_WELLS: (NEGCON, "size"),
         }
     ).reset_index()
     if treatments is None:
         table = wells[[compound_col] + ([dose_col] if dose_col else []) + list(features)].copy()
-        table.columns = [_CPD] + ([_DOSE] if dose_col else []) + list(features)
+        table.columns = [CPD] + ([DOSE] if dose_col else []) + list(features)
         if not dose_col:
-            table[_DOSE] = np.nan
-        prof = treatment_profiles(table, by=[_CPD, _DOSE], features=features)
-        prof = prof[[_CPD, _DOSE, *features]]
+            table[DOSE] = np.nan
+        prof = treatment_profiles(table, by=[CPD, DOSE], features=features)
+        prof = prof[[CPD, DOSE, *features]]
     else:
         _require(treatments, keys, "treatments table")
         missing = [c for c in features if c not in treatments.columns]
@@ -226,59 +225,71 @@ def build_treatments(
                 f"(e.g. {missing[0]!r}); both tables must come from the same profiles"
             )
         prof = treatments[keys + list(features)].copy()
-        prof.columns = [_CPD] + ([_DOSE] if dose_col else []) + list(features)
+        prof.columns = [CPD] + ([DOSE] if dose_col else []) + list(features)
         if not dose_col:
-            prof[_DOSE] = np.nan
-        dup = prof.duplicated([_CPD, _DOSE])
+            prof[DOSE] = np.nan
+        dup = prof.duplicated([CPD, DOSE])
         if dup.any():
             raise InputDataError(
                 f"treatments table: {int(dup.sum())} duplicate treatment row(s) "
-                f"(e.g. {prof.loc[dup, _CPD].iloc[0]}); it must have one row per compound x dose"
+                f"(e.g. {prof.loc[dup, CPD].iloc[0]}); it must have one row per compound x dose"
             )
-    out = info.merge(prof, on=[_CPD, _DOSE], how="left", validate="one_to_one")
+    out = info.merge(prof, on=[CPD, DOSE], how="left", validate="one_to_one")
     absent = out[features[0]].isna() if len(out) else pd.Series([], dtype=bool)
     if absent.any():
         raise InputDataError(
             f"treatments table: {int(absent.sum())} treatment(s) of the well table have no row "
-            f"(e.g. {out.loc[absent, _CPD].iloc[0]})"
+            f"(e.g. {out.loc[absent, CPD].iloc[0]})"
         )
     return out
 
 
-def _nn_record(res: metrics.NNAccuracy | None, reason: str | None, *, batches: bool = False) -> dict[str, Any]:
-    if res is None:
-        return {"accuracy": None, "reason": reason}
-    rec = {
-        "accuracy": res.accuracy,
-        "n_queries": res.n_queries,
-        "n_correct": res.n_correct,
-        "dropped_moas": list(res.dropped_moas),
-        "per_moa": res.per_moa.to_dict(orient="records"),
-    }
-    if res.accuracy is None:
-        rec["reason"] = (
-            "no MoA has treatments of two compounds"
-            + (" in different batches" if batches else "")
-            + "; every MoA was dropped"
-        )
-    return rec
+def prepare_inputs(
+    wells: pd.DataFrame,
+    *,
+    compound_col: str,
+    dose_col: str | None,
+    moa_col: str | None,
+    batch_col: str | None,
+    batch_regex: str | None,
+    pert_type_col: str | None,
+    negcon: Sequence[str],
+    treatments: pd.DataFrame | None,
+    source: str,
+) -> EvaluationInputs:
+    """Check the well table and build its treatments (arguments as :func:`evaluate_profiles`)."""
+    _require(wells, [compound_col, dose_col, moa_col, batch_col], source)
+    if len(wells) == 0:
+        raise InputDataError(f"{source}: the table has no rows")
+    named = [c for c in (compound_col, dose_col, moa_col, batch_col, pert_type_col) if c]
+    features, left_out = usable_features(wells, exclude=named, source=source)
+    batches = derive_batches(wells[batch_col], batch_regex, source=source) if batch_col else None
+    is_negcon, negcon_definition = negcon_wells(
+        wells, compound_col=compound_col, pert_type_col=pert_type_col, negcon=negcon
+    )
+    if not is_negcon.any():
+        logger.warning("%s: no negative-control wells (%s)", source, negcon_definition)
+    table = build_treatments(
+        wells, features=features, compound_col=compound_col, dose_col=dose_col, moa_col=moa_col,
+        batches=batches, negcon=is_negcon, treatments=treatments, source=source,
+    )
+    table.insert(
+        0,
+        io.TREATMENT,
+        [plate.format_treatment(c, d) for c, d in zip(table[CPD], table[DOSE], strict=True)],
+    )
+    scored = table[~table[NEGCON] & table[MOA].notna()].reset_index(drop=True)
+    logger.info(
+        "%s: %d wells (%d negative controls), %d treatments, %d with a MoA scored, %d features",
+        source, len(wells), int(is_negcon.sum()), len(table), len(scored), len(features),
+    )
+    return EvaluationInputs(
+        wells=wells, features=features, left_out=left_out, batches=batches, is_negcon=is_negcon,
+        negcon_definition=negcon_definition, table=table, scored=scored,
+    )
 
 
-def _map_record(res: metrics.MapResult | None, reason: str | None, **extra: Any) -> dict[str, Any]:
-    if res is None:
-        return {"mean_map": None, "reason": reason}
-    rec = {
-        "mean_map": res.mean_map,
-        "n_groups": res.n_groups,
-        "fraction_significant": res.fraction_significant,
-        **extra,
-    }
-    if res.mean_map is None:
-        rec["reason"] = reason or "no query with positives"
-    rec["per_group"] = res.per_group.to_dict(orient="records")
-    return rec
-
-
+# --- evaluation -------------------------------------------------------------------------------
 def evaluate_profiles(
     wells: pd.DataFrame,
     *,
@@ -323,192 +334,32 @@ def evaluate_profiles(
     InputDataError
         A named column is missing, no usable features, a treatment with two MoAs, bad batches.
     """
-    _require(wells, [compound_col, dose_col, moa_col, batch_col], source)
-    if len(wells) == 0:
-        raise InputDataError(f"{source}: the table has no rows")
-    named = [c for c in (compound_col, dose_col, moa_col, batch_col, pert_type_col) if c]
-    features, left_out = usable_features(wells, exclude=named, source=source)
-    batches = derive_batches(wells[batch_col], batch_regex, source=source) if batch_col else None
-    is_negcon, negcon_definition = negcon_mask(
-        wells, compound_col=compound_col, pert_type_col=pert_type_col, negcon=negcon
+    inputs = prepare_inputs(
+        wells, compound_col=compound_col, dose_col=dose_col, moa_col=moa_col,
+        batch_col=batch_col, batch_regex=batch_regex, pert_type_col=pert_type_col, negcon=negcon,
+        treatments=treatments, source=source,
     )
-    if not is_negcon.any():
-        logger.warning("%s: no negative-control wells (%s)", source, negcon_definition)
-    table = build_treatments(
-        wells,
-        features=features,
-        compound_col=compound_col,
-        dose_col=dose_col,
-        moa_col=moa_col,
-        batches=batches,
-        negcon=is_negcon,
-        treatments=treatments,
-        source=source,
-    )
-    table.insert(
-        0,
-        io.TREATMENT,
-        [treatment_label(c, d) for c, d in zip(table[_CPD], table[_DOSE], strict=True)],
-    )
-    scored = table[~table[_NEGCON] & table[_MOA].notna()].reset_index(drop=True)
-    logger.info(
-        "%s: %d wells (%d negative controls), %d treatments, %d with a MoA scored, %d features",
-        source,
-        len(wells),
-        int(is_negcon.sum()),
-        len(table),
-        len(scored),
-        len(features),
-    )
-
-    nsc = nscb = map_moa = None
-    nsc_reason = nscb_reason = moa_reason = None
-    if moa_col is None:
-        nsc_reason = nscb_reason = moa_reason = "no MoA column"
-    elif scored.empty:
-        nsc_reason = nscb_reason = moa_reason = "no non-control treatment has a MoA"
-    else:
-        nsc = metrics.nn_accuracy(scored, moa_col=_MOA, compound_col=_CPD, features=features)
-        if batches is not None:
-            nscb = metrics.nn_accuracy(
-                scored,
-                moa_col=_MOA,
-                compound_col=_CPD,
-                batch_col=_BATCHES,
-                features=features,
-            )
-        else:
-            nscb_reason = "no batch column"
-        map_moa = metrics.moa_map(
-            scored,
-            moa_col=_MOA,
-            compound_col=_CPD,
-            features=features,
-            null_size=null_size,
-            seed=seed,
-            fdr=fdr,
-        )
-    rep_wells = pd.concat(
-        [
-            pd.DataFrame(
-                {_CPD: wells[compound_col].to_numpy(), _DOSE: wells[dose_col].to_numpy()}
-                if dose_col
-                else {_CPD: wells[compound_col].to_numpy(), _DOSE: np.nan}
-            ),
-            wells[features].reset_index(drop=True),
-        ],
-        axis=1,
-    )
-    map_rep = metrics.replicate_map(
-        rep_wells,
-        treatment_cols=[_CPD, _DOSE],
-        negcon=is_negcon,
-        features=features,
-        null_size=null_size,
-        seed=seed,
-        fdr=fdr,
-    )
-    rep_reason = None
-    if map_rep.mean_map is None:
-        rep_reason = "no negative-control wells" if not is_negcon.any() else "no treatment with 2+ wells"
-
-    ari = purity = None
-    n_clusters = None
-    if cluster and nsc is not None and len(scored) >= 3:
-        from cytoscreen.moa.cluster import hierarchical_clusters
-
-        x = scored[features].to_numpy(dtype=np.float64)
-        clusters = hierarchical_clusters(x)
-        ari = metrics.adjusted_rand_index(scored[_MOA], clusters.labels)
-        purity = metrics.cluster_purity(scored[_MOA], clusters.labels)
-        n_clusters = clusters.n_clusters
-
-    rep_per_group = map_rep.per_group.rename(columns={_CPD: "compound", _DOSE: "dose"})
-    map_rep = metrics.MapResult(
-        map_rep.mean_map,
-        map_rep.fraction_significant,
-        map_rep.n_groups,
-        rep_per_group,
-        map_rep.per_query,
-    )
-    if map_moa is not None:
-        map_moa = metrics.MapResult(
-            map_moa.mean_map,
-            map_moa.fraction_significant,
-            map_moa.n_groups,
-            map_moa.per_group.rename(columns={_MOA: "moa"}),
-            map_moa.per_query,
-        )
-    n_batches = int(pd.Series(batches).dropna().nunique()) if batches is not None else None
-    batch_def: dict[str, Any] | None = None
-    if batch_col:
-        examples = dict(zip(wells[batch_col].astype(str).head(1000), batches.head(1000), strict=True))
-        batch_def = {
-            "column": batch_col,
-            "regex": batch_regex,
-            "n_batches": n_batches,
-            "examples": dict(list(examples.items())[:5]),
-            "rule": "a candidate sharing any batch with the query is excluded from NSCB",
-        }
-    summary: dict[str, Any] = {
-        "nsc": nsc.accuracy if nsc else None,
-        "nscb": nscb.accuracy if nscb else None,
-        "map_replicate": map_rep.mean_map,
-        "map_moa": map_moa.mean_map if map_moa else None,
-        "cluster_ari": ari,
-        "n_wells": len(wells),
-        "n_negcon_wells": int(is_negcon.sum()),
-        "n_treatments": len(table),
-        "n_negcon_treatments": int(table[_NEGCON].sum()),
-        "n_scored_treatments": len(scored),
-        "n_moas": int(scored[_MOA].nunique()) if len(scored) else 0,
-        "n_features": len(features),
-        "features_left_out": left_out,
+    null = {"null_size": null_size, "seed": seed, "fdr": fdr}
+    moa = scores.moa_scores(inputs, has_moa=moa_col is not None, **null)
+    replicate = scores.replicate_scores(inputs, compound_col=compound_col, dose_col=dose_col, **null)
+    clusters = scores.cluster_scores(inputs) if cluster and moa.nsc is not None else None
+    definitions = {
         "treatment_definition": {
             "compound": compound_col,
             "dose": dose_col,
             "profile": "median of wells" if treatments is None else "given treatment table",
         },
         "moa_column": moa_col,
-        "negcon_definition": negcon_definition,
-        "batch_definition": batch_def,
-        "similarity": "cosine",
-        "nsc_details": _nn_record(nsc, nsc_reason),
-        "nscb_details": _nn_record(nscb, nscb_reason, batches=True),
-        "map_replicate_details": _map_record(
-            map_rep,
-            rep_reason,
-            positives="other wells of the same treatment",
-            negatives="negative-control wells",
-            aggregate="mean over treatments",
-        ),
-        "map_moa_details": _map_record(
-            map_moa,
-            moa_reason,
-            positives="treatments of the same MoA and another compound",
-            negatives="treatments of other MoAs",
-            aggregate="mean over MoAs",
-        ),
-        "clustering": (
-            {
-                "method": "hierarchical",
-                "n_clusters": n_clusters,
-                "k_choice": "silhouette",
-                "ari": ari,
-                "purity": purity,
-            }
-            if ari is not None
-            else None
-        ),
-        "settings": {"null_size": null_size, "seed": seed, "fdr": fdr},
+        "batch_definition": scores.batch_record(inputs, batch_col=batch_col, batch_regex=batch_regex),
     }
+    summary = scores.summary_record(inputs, moa, replicate, clusters, definitions=definitions, settings=null)
     return Evaluation(
         summary=summary,
-        treatments=table,
-        nsc=nsc,
-        nscb=nscb,
-        map_replicate=map_rep,
-        map_moa=map_moa,
+        treatments=inputs.table,
+        nsc=moa.nsc,
+        nscb=moa.nscb,
+        map_replicate=replicate[0],
+        map_moa=moa.map_moa,
     )
 
 

@@ -19,15 +19,6 @@ from cytoscreen.errors import InputDataError
 logger = logging.getLogger(__name__)
 
 
-def treatment_label(perturbation: object, concentration: object) -> str:
-    """``"taxol @ 0.3"``; the perturbation alone when the concentration is missing."""
-    if concentration is None or (isinstance(concentration, float) and np.isnan(concentration)):
-        return str(perturbation)
-    if isinstance(concentration, int | float | np.number) and not isinstance(concentration, bool):
-        return f"{perturbation} @ {float(concentration):g}"
-    return f"{perturbation} @ {concentration}"
-
-
 def feature_matrix(
     profiles: pd.DataFrame, features: Sequence[str] | None = None, *, source: str = "profiles"
 ) -> tuple[np.ndarray, list[str]]:
@@ -144,7 +135,8 @@ def treatment_profiles(
     by: Sequence[str],
     features: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Median profile of the wells of each treatment.
+    """Median profile of the wells of each treatment: :func:`cytoscreen.profiles.consensus.consensus`
+    with ``method="median"``, on wells whose features are all finite.
 
     Parameters
     ----------
@@ -159,27 +151,15 @@ def treatment_profiles(
     DataFrame
         One row per treatment in order of first appearance: the ``by`` columns, every other
         ``Metadata_*`` column that is constant within all treatments, ``Metadata_n_wells`` and the
-        median features.
+        median features (float32, as in ``consensus.parquet``).
     """
+    from cytoscreen.profiles.consensus import consensus
+
     by = list(by)
     missing = [c for c in by if c not in wells.columns]
     if missing:
         raise InputDataError(f"wells: treatment column(s) missing: {', '.join(missing)}")
-    x, cols = feature_matrix(wells, features, source="wells")
-    keys = wells[by].reset_index(drop=True)
-    codes = keys.groupby(by, dropna=False, sort=False).ngroup().to_numpy()
-    n_groups = int(codes.max()) + 1 if len(codes) else 0
-    first = np.zeros(n_groups, dtype=np.int64)
-    # first row of every group, in order of first appearance
-    seen = pd.Series(np.arange(len(codes))).groupby(codes).min()
-    first[seen.index.to_numpy()] = seen.to_numpy()
-    med = pd.DataFrame(x, columns=cols).groupby(codes, sort=True).median()
-    meta_cols = [c for c in io.metadata_columns(wells) if c not in by]
-    constant = []
-    if meta_cols:
-        nun = wells[meta_cols].reset_index(drop=True).groupby(codes).nunique(dropna=False)
-        constant = [c for c in meta_cols if (nun[c] <= 1).all()]
-    out = wells[by + constant].iloc[first].reset_index(drop=True)
-    out["Metadata_n_wells"] = np.bincount(codes, minlength=n_groups)
-    feats = med.reset_index(drop=True)
-    return pd.concat([out, feats], axis=1)
+    _, cols = feature_matrix(wells, features, source="wells")  # finite values only
+    out = consensus(wells, features=cols, method="median", by=by, source="wells")
+    meta = [c for c in io.metadata_columns(out) if c not in by and c != io.N_WELLS]
+    return out[[*by, *meta, io.N_WELLS, *cols]]

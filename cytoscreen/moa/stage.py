@@ -23,7 +23,8 @@ from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.moa import metrics
 from cytoscreen.moa.cluster import Clustering, cluster_profiles
 from cytoscreen.moa.embed import umap_embedding
-from cytoscreen.moa.similarity import feature_matrix, nearest_neighbors, treatment_label
+from cytoscreen.moa.similarity import feature_matrix, nearest_neighbors
+from cytoscreen.plate import format_treatment
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def moa_table(
         conc = treatments[concentration_col].tolist()
     else:
         conc = [None] * len(treatments)
-    labels = [treatment_label(p, c) for p, c in zip(treatments[perturbation_col], conc, strict=True)]
+    labels = [format_treatment(p, c) for p, c in zip(treatments[perturbation_col], conc, strict=True)]
     if len(set(labels)) != len(labels):
         dup = pd.Series(labels)[pd.Series(labels).duplicated()].iloc[0]
         raise InputDataError(

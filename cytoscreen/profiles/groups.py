@@ -84,7 +84,8 @@ def group_metadata(
             source, len(varying), group_noun, shown(varying, 8),
         )
     first = first_rows(codes, n_groups)
-    out = df.iloc[first].loc[:, [m for m in meta if m in keep]].reset_index(drop=True)
+    cols = [b for b in by if b not in set(meta)] + [m for m in meta if m in keep]
+    out = df.iloc[first].loc[:, cols].reset_index(drop=True)
     return out, first
 
 

@@ -15,9 +15,9 @@ from cytoscreen.moa.similarity import (
     cosine_similarity,
     nearest_neighbors,
     top_k_similar,
-    treatment_label,
     treatment_profiles,
 )
+from cytoscreen.plate import format_treatment as treatment_label
 from tests.unit.moa_fixtures import synthetic_treatments, synthetic_wells
 
 

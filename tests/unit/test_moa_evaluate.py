@@ -11,7 +11,7 @@ import pytest
 from cytoscreen import io
 from cytoscreen.cli import main
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.moa.evaluate import derive_batches, evaluate_profiles, negcon_mask
+from cytoscreen.moa.evaluate import derive_batches, evaluate_profiles, negcon_wells
 from tests.unit.moa_fixtures import rename_for_evaluate, synthetic_wells
 
 EXACT_CALL = [
@@ -88,11 +88,11 @@ def test_consensus_table_replaces_the_median(wells):
 
 def test_negcon_recognition():
     df = pd.DataFrame({"Metadata_cpd": ["dmso", "DMSO ", "x", "ctrl"], "Metadata_pert_type": ["trt"] * 4})
-    mask, how = negcon_mask(df, compound_col="Metadata_cpd", negcon=("DMSO", "Ctrl"))
+    mask, how = negcon_wells(df, compound_col="Metadata_cpd", negcon=("DMSO", "Ctrl"))
     assert mask.tolist() == [True, True, False, True]
     assert "case-insensitive" in how
     df["Metadata_pert_type"] = ["negcon", "trt", "trt", "trt"]
-    mask, how = negcon_mask(df, compound_col="Metadata_cpd")
+    mask, how = negcon_wells(df, compound_col="Metadata_cpd")
     assert mask.tolist() == [True, False, False, False] and how.startswith("Metadata_pert_type")
 
 
@@ -205,3 +205,31 @@ def test_single_batch_screen_has_no_nscb(wells):
     assert s["nsc"] == 1.0 and s["nscb"] is None
     assert sorted(s["nscb_details"]["dropped_moas"]) == ["MoA 1", "MoA 2", "MoA 3", "MoA 4"]
     assert "different batches" in s["nscb_details"]["reason"]
+
+
+def test_treatment_profiles_are_the_median_consensus(wells):
+    from cytoscreen.moa.similarity import treatment_profiles
+    from cytoscreen.profiles.consensus import consensus
+
+    by = [io.PERTURBATION, io.CONCENTRATION]
+    tr = treatment_profiles(wells, by=by)
+    cons = consensus(wells, method="median", by=by)
+    feats = io.feature_columns(wells)
+    assert tr[by].reset_index(drop=True).equals(cons[by])
+    np.testing.assert_array_equal(tr[feats].to_numpy(), cons[feats].to_numpy())
+    assert tr[io.N_WELLS].tolist() == cons[io.N_WELLS].tolist()
+    # and both are the per-treatment median of the wells (pandas, float64), in first-seen order
+    ref = wells.groupby(by, sort=False, dropna=False)[feats].median()
+    np.testing.assert_allclose(tr[feats].to_numpy(), ref.to_numpy(), rtol=1e-6, atol=1e-6)
+    assert list(tr.columns[: len(by)]) == by
+
+
+def test_negcon_wells_follow_the_plate_rule():
+    from cytoscreen import plate
+
+    df = pd.DataFrame({"Metadata_cpd": ["DMSO", "x", "y", "DMSO"],
+                       io.PERT_TYPE: [" NegCon", "trt", "negcon", "trt"]})
+    mask, how = negcon_wells(df, compound_col="Metadata_cpd")
+    assert mask.tolist() == [True, False, True, False] and how == f"{io.PERT_TYPE} == negcon"
+    renamed = df.rename(columns={"Metadata_cpd": io.PERTURBATION})
+    assert mask.tolist() == plate.negcon_mask(renamed).tolist()
