@@ -298,3 +298,29 @@ def test_unparsable_groups_are_named(tmp_path, capsys, names, layout, regex, exp
     rc, err = _ingest(capsys, cfg, tmp_path)
     assert rc == InputDataError.exit_code and expect in err
     assert "match no part of layout" not in err and not (tmp_path / "i.parquet").exists()
+
+
+# --- issue 15 item 7: bad well names in a platemap -------------------------------------------------
+@pytest.mark.parametrize("bad,why", [
+    ("A00", "a well is row letter(s) and a column number from 1"),
+    ("A0", "a well is row letter(s) and a column number from 1"),
+    ("AG01", "past the largest plate format (1536 wells: rows A-AF, columns 1-48)"),
+    ("B49", "past the largest plate format"),
+])
+def test_platemap_bad_well_names_name_the_line(tmp_path, capsys, bad, why):
+    cfg = _layout_setup(tmp_path, ["P1_A01_s1_w1.tif"], layout="imagexpress", wells=["A01"])
+    with open(tmp_path / "pm.tsv", "a") as fh:
+        fh.write(f"{bad}\tDMSO\tnegcon\n")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == ConfigError.exit_code and f"pm.tsv line 3: well '{bad}' is not a well name: {why}" in err
+    assert "this is a bug" not in err and not (tmp_path / "i.parquet").exists()
+
+
+def test_platemap_schema_well_pattern():
+    import re
+
+    from cytoscreen.config import load_schema
+
+    pattern = re.compile(load_schema("platemap")["properties"]["well"]["pattern"])
+    assert all(pattern.match(w) for w in ("A01", "a1", "P24", "AF48", "A001"))
+    assert not any(pattern.match(w) for w in ("A00", "A0", "AG01", "A49", "1A", "A100"))

@@ -105,3 +105,34 @@ def test_qc_cli(plate_images, tmp_path, capsys):
     qc = pd.read_parquet(tmp_path / "qc.parquet")
     assert len(qc) == 96 and qc["QC_blurry"].dtype == bool
     assert "flagged 2 QC_blurry, 1 QC_saturated" in capsys.readouterr().err
+
+
+def test_dead_and_constant_channels_flagged_via_cli(plate_images, tmp_path, capsys):
+    """Issue 15 item 9: a constant image, or one all-zero (dead) or signal-free channel, fails the site."""
+    import tifffile
+
+    _, images = plate_images
+    images = images.copy()
+
+    def replace(well, channel, img):
+        new = tmp_path / f"{well}_{channel}.tif"
+        tifffile.imwrite(new, img)
+        images.loc[(images[io.WELL] == well) & (images[io.CHANNEL] == channel), io.PATH] = str(new)
+
+    replace("A05", "Actin", np.zeros((128, 128), np.uint16))  # one dead channel, the others fine
+    for ch in ("DNA", "Tubulin", "Actin"):
+        replace("A06", ch, np.full((128, 128), 700, np.uint16))  # a constant site
+    noise = np.random.default_rng(0).normal(300, 40, (128, 128)).clip(0).astype(np.uint16)
+    replace("A07", "DNA", noise)  # camera offset only: no stain in one channel
+    io.write_parquet(images, tmp_path / "images.parquet")
+    rc = main(["qc", str(tmp_path / "images.parquet"), str(tmp_path / "qc.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    qc = pd.read_parquet(tmp_path / "qc.parquet").set_index(io.WELL)
+    assert qc.loc["A05", "QC_constant"] and qc.loc["A06", "QC_constant"] and qc["QC_constant"].sum() == 2
+    assert qc.loc["A07", "QC_empty"] and not qc.loc["A07", "QC_constant"]
+    assert qc.loc["A05", "Metadata_Actin_StdIntensity"] == 0 and np.isnan(qc.loc["A05", "Metadata_Actin_FocusScore"])
+    assert np.isfinite(qc.loc["A05", "Metadata_DNA_FocusScore"])  # the live channels are still measured
+    # the other sites keep exactly the flags they had (2 blurry + 1 saturated in the synthetic truth)
+    assert failed(qc).sum() == 3 + 3 and not qc.drop(index=["A05", "A06", "A07"])["QC_empty"].any()
+    assert "flagged 2 QC_blurry, 1 QC_saturated, 1 QC_empty, 2 QC_constant" in err
