@@ -31,10 +31,7 @@ examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +72,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run_p.add_argument("--out", default=None,
                        help="segmentation.parquet to write; if omitted, <results>/<plate>/segmentation.parquet")
     run_p.add_argument("--masks", default=None,
-                       help="folder for label masks <plate>_<well>_s<site>_{nuclei,cells}.tif (not written if omitted)")
+                       help="folder for label masks <plate>_<well>_s<site>_{nuclei,cells}.tif; if omitted, "
+                            "<results>/<plate>/masks when segment.save_masks or segment.crops.enabled, "
+                            "else none are written")
     for flag, key, typ, text in OVERRIDES:
         prop = props.get(key, {})
         run_p.add_argument(flag, dest=key, type=typ, default=prop.get("default"),
@@ -131,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     return actions[args.segment_action](args)
 
 
-# --- helpers ----------------------------------------------------------------------------------------
+# --- actions: flags and config -> one library call ------------------------------------------------
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     from cytoscreen.argparse_ import load_config_with_overrides
 
@@ -142,278 +141,70 @@ def _plate_path(config: dict[str, Any], plate: str, given: str | None, name: str
     return Path(given) if given else Path(config["results"]) / plate / name
 
 
-def _plate_images(path: Path, plate: str):
-    from cytoscreen import io
-    from cytoscreen.errors import InputDataError
+def _settings(config: dict[str, Any]):
+    from cytoscreen.segment.segment import SegmentSettings
 
-    images = io.read_table(path)
-    if io.PLATE not in images.columns:
-        raise InputDataError(f"{path}: no {io.PLATE} column; pass the images.parquet written by ingest")
-    keep = images[io.PLATE].astype(str) == plate
-    if not keep.any():
-        plates = sorted(map(str, images[io.PLATE].dropna().unique()))
-        raise InputDataError(f"{path}: no images of plate {plate!r} (plates in the table: {', '.join(plates[:5])})")
-    if not keep.all():
-        logger.info("%s: using the %d images of plate %s, leaving %d of other plates", path,
-                    int(keep.sum()), plate, int((~keep).sum()))
-    return images.loc[keep].reset_index(drop=True)
+    return SegmentSettings.from_config(config["segment"])
 
 
-@contextlib.contextmanager
-def _quiet_cellpose(verbose: int) -> Iterator[None]:
-    """Cellpose logs every empty site as a warning and torch warns about sparse checks; keep the
-    rule logs readable unless -vv (cytoscreen logs its own per-plate counts)."""
-    level = logging.DEBUG if verbose > 1 else logging.ERROR
-    cp_logger = logging.getLogger("cellpose")
-    saved = cp_logger.level
-    cp_logger.setLevel(level)
-    with warnings.catch_warnings():
-        if verbose <= 1:
-            warnings.filterwarnings("ignore", message=".*[Ss]parse invariant checks.*")
-        try:
-            yield
-        finally:
-            cp_logger.setLevel(saved)
-
-
-# --- actions ----------------------------------------------------------------------------------------
 def run_segment(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
     from cytoscreen import io
-    from cytoscreen.segment import model as sm
-    from cytoscreen.segment import segment as sg
-    from cytoscreen.segment.segment import mask_path, write_mask
+    from cytoscreen.segment.stage import segment_plate
 
     config = _config(args)
-    settings = sg.SegmentSettings.from_config(config["segment"])
-    if not settings.enabled:
-        logger.info("segment.enabled is false; running anyway because it was asked for by hand")
-    # models first: a missing model fails before any image is read
-    if settings.nuclei_model:
-        nuc_spec = sm.resolve_model(settings.nuclei_model, key="segment.nuclei_model")
-    else:
-        nuc_spec = sm.resolve_model(settings.model, key="segment.model")
-    cell_spec = sm.resolve_model(settings.model, key="segment.model") if settings.cell_channel else None
-    device = sm.resolve_device(settings.accelerator)
-    torch.set_num_threads(max(int(settings.threads), 1))
-    images_path = _plate_path(config, args.plate, args.images, "images.parquet")
-    out = _plate_path(config, args.plate, args.out, "segmentation.parquet")
-    images = _plate_images(images_path, args.plate)
-    qc = io.read_table(args.qc) if args.qc else None
-    channels = [settings.nuclei_channel] + ([settings.cell_channel] if settings.cell_channel else [])
-    sites = sg.site_table(images, channels, source=str(images_path))
-    skip = sg.qc_flagged(sites, qc, "QC_unreadable")
-    logger.info("plate %s: %d sites from %s; nuclei on %s%s, %s", args.plate, len(sites), images_path,
-                settings.nuclei_channel,
-                f", cells on {settings.cell_channel} + {settings.nuclei_channel}" if settings.cell_channel else "",
-                f"device {device}")
-    with _quiet_cellpose(args.verbose):
-        nuc_model = sm.load_model(nuc_spec, device=device)
-        cell_model = None
-        if cell_spec is not None:
-            cell_model = nuc_model if cell_spec.path == nuc_spec.path else sm.load_model(cell_spec, device=device)
-        segmenter = sg.Segmenter(
-            nuclei_model=nuc_model, cell_model=cell_model,
-            nuclei_diameter_px=settings.nuclei_diameter_px, cell_diameter_px=settings.cell_diameter_px,
-            flow_threshold=settings.flow_threshold, cellprob_threshold=settings.cellprob_threshold,
-            min_size_px=settings.min_size_px, batch_size=settings.batch_size,
-        )
-        sample = sg.diameter_sample(sites[~skip], qc=qc, n_sites=settings.diameter_sites,
-                                    reference=settings.reference)
-        segmenter = sg.fit_diameters(
-            segmenter, sample, nuclei_channel=settings.nuclei_channel, cell_channel=settings.cell_channel,
-            model_diameters=(sm.model_diameter(nuc_model),
-                             sm.model_diameter(cell_model) if cell_model is not None else None),
-            plate=args.plate,
-        )
-        sink = None
-        if args.masks:
-            masks_dir = Path(args.masks)
-            masks_dir.mkdir(parents=True, exist_ok=True)
-
-            def sink(row, nuclei: np.ndarray, cells: np.ndarray | None) -> None:
-                key = (row[io.PLATE], row[io.WELL], row[io.SITE])
-                write_mask(nuclei, mask_path(masks_dir, *key, kind="nuclei"))
-                if cells is not None:
-                    write_mask(cells, mask_path(masks_dir, *key, kind="cells"))
-
-        table = sg.segment_sites(sites, segmenter, nuclei_channel=settings.nuclei_channel,
-                                 cell_channel=settings.cell_channel, skip=skip, mask_sink=sink,
-                                 source=f"plate {args.plate}")
-    record = io.provenance(
-        sg.STAGE, plate=args.plate, config_hash=io.config_hash(config),
-        cellpose_version=_cellpose_version(),
-        **nuc_spec.provenance("segment_nuclei_model"),
-        **(cell_spec.provenance("segment_cell_model") if cell_spec is not None else {}),
-        nuclei_channel=settings.nuclei_channel, cell_channel=settings.cell_channel,
-        nuclei_diameter_px=segmenter.nuclei_diameter_px,
-        cell_diameter_px=segmenter.cell_diameter_px if cell_model is not None else None,
-        flow_threshold=settings.flow_threshold, cellprob_threshold=settings.cellprob_threshold,
-        min_size_px=settings.min_size_px, device=str(device), images=str(images_path),
-        qc=str(args.qc) if args.qc else None, masks=str(args.masks) if args.masks else None,
+    settings = _settings(config)
+    # masks go to --masks, else to <results>/<plate>/masks when the config keeps them (crops need them)
+    masks = args.masks
+    if masks is None and (settings.save_masks or settings.crops.enabled):
+        masks = str(_plate_path(config, args.plate, None, "masks"))
+    segment_plate(
+        settings, plate=args.plate,
+        images_path=_plate_path(config, args.plate, args.images, "images.parquet"),
+        out=_plate_path(config, args.plate, args.out, "segmentation.parquet"),
+        qc_path=args.qc, masks=masks, config_hash=io.config_hash(config), verbose=args.verbose,
     )
-    io.write_parquet(table, out, provenance=record)
-    counts = table[sg.count_column("Nuclei")]
-    if counts.notna().any() and int(counts.fillna(0).sum()) == 0:
-        logger.warning(
-            "plate %s: no nuclei found on any site; check `segment.model` (a Cellpose 3 nuclei or cyto "
-            "model?), `segment.nuclei_channel` and `segment.nuclei_diameter_px`", args.plate,
-        )
-    logger.info("plate %s: wrote %s (%d sites, median %s nuclei per site, %d sites without nuclei)%s",
-                args.plate, out, len(table),
-                f"{counts.median():.0f}" if counts.notna().any() else "n/a", int((counts == 0).sum()),
-                f", masks in {args.masks}" if args.masks else "")
     return 0
-
-
-def _cellpose_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cellpose")
-    except PackageNotFoundError:
-        return None
 
 
 def run_qc(args: argparse.Namespace) -> int:
     from cytoscreen import io
-    from cytoscreen.segment import segment as sg
+    from cytoscreen.segment.stage import segment_qc
 
     config = _config(args)
-    settings = sg.SegmentSettings.from_config(config["segment"])
-    qc = io.read_table(args.qc)
-    seg = io.read_table(args.segmentation)
-    table = sg.segmented_qc(qc, seg, low_count_z=settings.low_count_z, reference=settings.reference,
-                            min_reference_sites=settings.min_reference_sites, source=str(args.segmentation))
-    record = io.provenance(sg.STAGE, action="qc", config_hash=io.config_hash(config), qc=str(args.qc),
-                           segmentation=str(args.segmentation), low_count_z=settings.low_count_z,
-                           reference=settings.reference)
-    io.write_parquet(table, args.out, provenance=record)
-    logger.info("wrote %s (%d sites, %d QC_low_count)", args.out, len(table), int(table[io.QC_LOW_COUNT].sum()))
+    segment_qc(_settings(config), qc_path=args.qc, segmentation_path=args.segmentation, out=args.out,
+               config_hash=io.config_hash(config))
     return 0
 
 
 def run_crops(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from cytoscreen import io
-    from cytoscreen.errors import ConfigError, InputDataError
-    from cytoscreen.segment import crops as cr
-    from cytoscreen.segment import segment as sg
+    from cytoscreen.segment.stage import crop_plate
 
     config = _config(args)
-    settings = sg.SegmentSettings.from_config(config["segment"])
-    cs = settings.crops
-    images_path = _plate_path(config, args.plate, args.images, "images.parquet")
-    masks_dir = _plate_path(config, args.plate, args.masks, "masks")
-    out = _plate_path(config, args.plate, args.out, "crops.zarr")
-    index_path = _plate_path(config, args.plate, args.index, "crops.parquet")
-    if not masks_dir.is_dir():
-        raise InputDataError(f"{masks_dir}: no mask folder; run `cytoscreen segment run --masks {masks_dir}` first")
-    images = _plate_images(images_path, args.plate)
-    present = list(dict.fromkeys(images.sort_values([io.PATH, io.FRAME], kind="stable")[io.CHANNEL].astype(str)))
-    channels = list(cs.channels) or present
-    if cs.size_px < 1:
-        raise ConfigError("segment.crops.size_px must be at least 1")
-    sites = sg.site_table(images, channels, source=str(images_path))
-    qc = io.read_table(args.qc) if args.qc else None
-    skip = sg.qc_flagged(sites, qc, "QC_unreadable")
-
-    def labels_for(row) -> np.ndarray | None:
-        path = cr.mask_path(masks_dir, row[io.PLATE], row[io.WELL], row[io.SITE], kind="nuclei")
-        if not path.exists():
-            return None
-        return io.read_image(path)
-
-    dtype = _crop_dtype(sites[~skip], channels)
-    with cr.CropWriter(out, channels=channels, size_px=cs.size_px, dtype=dtype,
-                       attrs={"plate": args.plate}) as writer:
-        index = cr.crop_sites(sites, labels_for, writer, channels=channels, size_px=cs.size_px,
-                              skip=skip, source=f"plate {args.plate}")
-    record = io.provenance(sg.STAGE, action="crops", plate=args.plate, config_hash=io.config_hash(config),
-                           channels=channels, size_px=cs.size_px, crops=str(out), masks=str(masks_dir),
-                           dtype=str(np.dtype(dtype)))
-    io.write_parquet(index, index_path, provenance=record)
-    logger.info("plate %s: wrote %s (%d crops x %d channels x %d px) and %s", args.plate, out, len(index),
-                len(channels), cs.size_px, index_path)
+    crop_plate(
+        _settings(config), plate=args.plate,
+        images_path=_plate_path(config, args.plate, args.images, "images.parquet"),
+        masks_dir=_plate_path(config, args.plate, args.masks, "masks"),
+        out=_plate_path(config, args.plate, args.out, "crops.zarr"),
+        index_path=_plate_path(config, args.plate, args.index, "crops.parquet"),
+        qc_path=args.qc, config_hash=io.config_hash(config),
+    )
     return 0
 
 
-def _crop_dtype(sites, channels):
-    """dtype of the crop array: that of the images of the first readable site (all channels)."""
-    import numpy as np
-
-    from cytoscreen import io
-    from cytoscreen.errors import InputDataError
-
-    errors = []
-    for row in sites.head(8).to_dict(orient="records"):
-        try:
-            return np.result_type(*[io.read_image(row[f"path_{ch}"], int(row[f"frame_{ch}"])).dtype
-                                    for ch in channels])
-        except InputDataError as err:
-            errors.append(str(err))
-    raise InputDataError(f"crops: cannot read the first sites' images ({'; '.join(errors[:2]) or 'no sites'})")
-
-
 def run_embed(args: argparse.Namespace) -> int:
-    import torch
-    import zarr
-
     from cytoscreen import io
-    from cytoscreen.errors import InputDataError
-    from cytoscreen.backbones import create_backbone
-    from cytoscreen.segment import crops as cr
-    from cytoscreen.segment import model as sm
-    from cytoscreen.segment import segment as sg
+    from cytoscreen.segment.stage import embed_plate_crops
 
     config = _config(args)
-    settings = sg.SegmentSettings.from_config(config["segment"])
-    cs = settings.crops
-    crops_path = _plate_path(config, args.plate, args.crops, "crops.zarr")
-    index_path = _plate_path(config, args.plate, args.index, "crops.parquet")
-    out = _plate_path(config, args.plate, args.out, "single_cell_sites.parquet")
-    if not io.is_zarr_array(crops_path):
-        raise InputDataError(f"{crops_path}: not a crop array; run `cytoscreen segment crops` first")
-    array = zarr.open_array(str(crops_path), mode="r")
-    index = io.read_table(index_path)
-    if len(index) != array.shape[0]:
-        raise InputDataError(f"{index_path}: {len(index)} rows but {crops_path} holds {array.shape[0]} crops; "
-                             f"re-run `cytoscreen segment crops`")
-    if len(index) == 0:
-        raise InputDataError(
-            f"{index_path}: plate {args.plate} has no crops (segmentation found no nuclei); check "
-            f"`segment.model`, `segment.nuclei_channel` and `segment.nuclei_diameter_px`"
-        )
-    channels = [str(c) for c in array.attrs.get("channels", [])]
-    device = sm.resolve_device(settings.accelerator)
-    torch.set_num_threads(max(int(settings.threads), 1))
     features = config.get("features", {})
-    name = cs.backbone or features.get("backbone", "efficientnet_lite0")
-    weights = cs.weights if cs.backbone or cs.weights else features.get("weights")
-    backbone = create_backbone(name, weights)
-    levels = None
-    if cs.scaling == "negcon":
-        levels = cr.reference_levels(array, index, reference=settings.reference,
-                                     percentiles=cs.scaling_percentiles, max_crops=cs.reference_max_crops)
-    sites = cr.embed_crops(array, index, backbone, channels=channels, scaling=cs.scaling, levels=levels,
-                           percentiles=cs.scaling_percentiles, batch_size=cs.batch_size, device=device,
-                           source=f"plate {args.plate}")
-    qc = io.read_table(args.qc) if args.qc else None
-    sites = cr.join_site_qc(sites, qc)
-    record = io.provenance(
-        sg.STAGE, action="embed", plate=args.plate, config_hash=io.config_hash(config), **backbone.spec.provenance(),
-        channels=channels, scaling=cs.scaling, scaling_percentiles=list(cs.scaling_percentiles),
-        scaling_levels=({c: [float(v) for v in lv] for c, lv in zip(channels, levels, strict=True)}
-                        if levels is not None else None),
-        crops=str(crops_path), size_px=int(array.shape[-1]), aggregate="median",
+    embed_plate_crops(
+        _settings(config), plate=args.plate,
+        crops_path=_plate_path(config, args.plate, args.crops, "crops.zarr"),
+        index_path=_plate_path(config, args.plate, args.index, "crops.parquet"),
+        out=_plate_path(config, args.plate, args.out, "single_cell_sites.parquet"),
+        qc_path=args.qc, wells_path=args.wells,
+        features_backbone=features.get("backbone", "efficientnet_lite0"),
+        features_weights=features.get("weights"), config_hash=io.config_hash(config),
     )
-    io.write_parquet(sites, out, provenance=record)
-    logger.info("plate %s: wrote %s (%d sites from %d cells)", args.plate, out, len(sites), len(index))
-    if args.wells:
-        wells = cr.sites_to_wells(sites)
-        io.write_parquet(wells, args.wells, provenance={**record, "level": "well"})
-        logger.info("plate %s: wrote %s (%d wells)", args.plate, args.wells, len(wells))
     return 0
