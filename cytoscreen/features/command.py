@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cytoscreen.argparse_ import OVERRIDES_DEST, ConfigOverride, add_command, load_config_with_overrides, section_schema
+from cytoscreen.argparse_ import add_command, add_override, load_config_with_overrides, section_schema
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--scaling", "scaling", str, "intensity scaling: negcon, image or dtype"),
     ("--spatial", "spatial", str, "resize or tile each channel to the backbone input"),
 )
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = add_command(subparsers, "features", __doc__)
     parser.add_argument("--config", default=None, help="workflow config YAML (schema defaults if omitted)")
@@ -54,11 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="sites.parquet to write; if omitted, <results>/<plate>/sites.parquet")
     props = section_schema("features")
     for flag, key, typ, text in OVERRIDES:
-        prop = props.get(key, {})
-        parser.add_argument(flag, dest=key, type=typ, default=prop.get("default"),
-                            choices=prop.get("enum"), action=ConfigOverride,
-                            help=f"{text} (config: features.{key})")
-    parser.set_defaults(func=run, **{OVERRIDES_DEST: None})
+        add_override(parser, flag, key, text, schema=props, section="features", type=typ)
+    parser.set_defaults(func=run)
     return parser
 
 

@@ -49,8 +49,10 @@ OVERRIDES: tuple[tuple[str, str, Any, str], ...] = (
     ("--accelerator", "accelerator", str, "cpu, gpu, or auto (GPU when one is visible)"),
     ("--threads", "threads", int, "torch CPU threads"),
 )
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.argparse_ import OVERRIDES_DEST, ConfigOverride, HelpFormatter, add_command, section_schema
+    from cytoscreen.argparse_ import HelpFormatter, add_command, add_override, section_schema
 
     parser = add_command(subparsers, "segment", __doc__)
     actions = parser.add_subparsers(dest="segment_action", metavar="<action>", required=True)
@@ -76,11 +78,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                             "<results>/<plate>/masks when segment.save_masks or segment.crops.enabled, "
                             "else none are written")
     for flag, key, typ, text in OVERRIDES:
-        prop = props.get(key, {})
-        run_p.add_argument(flag, dest=key, type=typ, default=prop.get("default"),
-                           choices=prop.get("enum"), action=ConfigOverride,
-                           help=f"{text} (config: segment.{key})")
-    run_p.set_defaults(func=run, **{OVERRIDES_DEST: None})
+        add_override(run_p, flag, key, text, schema=props, section="segment", type=typ)
+    run_p.set_defaults(func=run)
 
     qc_p = actions.add_parser("qc", help="join counts into the QC table, add QC_low_count",
                               description=__doc__, formatter_class=HelpFormatter)
@@ -88,10 +87,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     qc_p.add_argument("segmentation", help="the plate's segmentation.parquet")
     qc_p.add_argument("out", help="qc_segmented.parquet to write")
     common(qc_p, plate=False)
-    qc_p.add_argument("--low-count-z", dest="low_count_z", type=float,
-                      default=props.get("low_count_z", {}).get("default"), action=ConfigOverride,
-                      help="robust z below which a site is QC_low_count (config: segment.low_count_z)")
-    qc_p.set_defaults(func=run, **{OVERRIDES_DEST: None})
+    add_override(qc_p, "--low-count-z", "low_count_z", "robust z below which a site is QC_low_count",
+                 schema=props, section="segment", type=float)
+    qc_p.set_defaults(func=run)
 
     crops_p = actions.add_parser("crops", help="crops around nucleus centres into a Zarr array",
                                  description=__doc__, formatter_class=HelpFormatter)
@@ -117,10 +115,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     embed_p.add_argument("--out", default=None,
                          help="site-level table; if omitted, <results>/<plate>/single_cell_sites.parquet")
     embed_p.add_argument("--wells", default=None, help="also write the well-level table here (optional)")
-    embed_p.add_argument("--accelerator", dest="accelerator", default=props.get("accelerator", {}).get("default"),
-                         choices=props.get("accelerator", {}).get("enum"), action=ConfigOverride,
-                         help="cpu, gpu, or auto (config: segment.accelerator)")
-    embed_p.set_defaults(func=run, **{OVERRIDES_DEST: None})
+    add_override(embed_p, "--accelerator", "accelerator", "cpu, gpu, or auto", schema=props,
+                 section="segment")
+    embed_p.set_defaults(func=run)
     return parser
 
 
