@@ -32,6 +32,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("segment",), "cytoscreen.segment.command"),
     (("profiles",), "cytoscreen.profiles.command"),
     (("novelty",), "cytoscreen.novelty.command"),
+    (("dose",), "cytoscreen.dose.command"),
     (("moa", "evaluate"), "cytoscreen.moa.command"),
     (("report",), "cytoscreen.report.command"),
     (("export",), "cytoscreen.export.command"),
