@@ -39,16 +39,16 @@ COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+def _found(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _available_commands() -> list[tuple[tuple[str, ...], str]]:
-    out = []
-    for names, module in COMMANDS:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            out.append((names, module))
-    return out
+    """The :data:`COMMANDS` entries whose module exists (finding one imports its package)."""
+    return [(names, module) for names, module in COMMANDS if _found(module)]
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -69,9 +69,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    available = _available_commands()
-    chosen = [(n, m) for n, m in available if command in n]
-    for _names, module in chosen or available:
+    chosen = [(n, m) for n, m in COMMANDS if command in n and _found(m)]
+    for _names, module in chosen or _available_commands():
         importlib.import_module(module).add_parser(sub)
     return parser
 
