@@ -4,10 +4,11 @@ For each compound (Metadata_perturbation) with trt/poscon wells at several doses
 the readout against dose with its p-value (a monotone trend test), and a 4-parameter log-logistic
 fit (EC50, Hill slope, top, bottom, R^2; fit_status says when and why a fit could not be made).
 The dose is Metadata_concentration, or the platemap's dose_index column where a compound has no
-concentrations.  --readout auto takes the plate report's choice: the novelty score.
+concentrations.  The readout is report.readout (--readout overrides it); auto takes the plate
+report's choice, the novelty score.
 
   cytoscreen dose results/screen/novelty/novelty.parquet results/screen/novelty/dose.parquet \\
-      --readout auto
+      [--config CONFIG] [--readout COLUMN]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cytoscreen.argparse_ import add_command
+from cytoscreen.argparse_ import add_command, add_override, section_schema
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = add_command(subparsers, "dose", __doc__)
     p.add_argument("table", metavar="NOVELTY", help="well table with the readout (novelty.parquet)")
     p.add_argument("out", metavar="OUT", help="output Parquet, one row per compound")
-    p.add_argument(
+    p.add_argument("--config", help="workflow config YAML (report.readout; schema defaults without it)")
+    add_override(
+        p,
         "--readout",
-        default="auto",
-        help="response column; auto: as the plate report (report.readout auto) chooses",
+        "readout",
+        "response column; auto: as the plate report chooses (the novelty score)",
+        schema=section_schema("report"),
+        section="report",
     )
     p.add_argument("--dose-column", default=io.CONCENTRATION, help="dose column")
     p.add_argument(
@@ -45,12 +50,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from cytoscreen import io
+    from cytoscreen.argparse_ import load_config_with_overrides
     from cytoscreen.dose.fit import FIT_OK, FIT_STATUS, dose_response
     from cytoscreen.errors import InputDataError
     from cytoscreen.report.controls import resolve_readout
 
+    config = load_config_with_overrides(args, "report")
     table = io.read_table(args.table)
-    readout, how = resolve_readout(table, args.readout)
+    readout, how = resolve_readout(table, config["report"]["readout"])
     if readout is None:
         raise InputDataError(f"{args.table}: {how}")
     fallback = None if str(args.fallback_dose_column).lower() == "none" else args.fallback_dose_column

@@ -38,8 +38,9 @@ profiles by plate (batch effects), the cluster table and the MoA evaluation metr
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from cytoscreen.argparse_ import add_command
+    from cytoscreen.argparse_ import add_command, add_override, section_schema
 
+    schema = section_schema("report")
     p = add_command(subparsers, "report", __doc__)
     actions = p.add_subparsers(dest="report_action", metavar="<action>", required=True)
 
@@ -57,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     pl.add_argument(
         "--counts", help="optional per-site table with the report.count_column cell counts"
     )
-    pl.add_argument("--readout", help="Z' readout column (overrides report.readout)")
+    add_override(pl, "--readout", "readout", "Z' readout column", schema=schema, section="report")
     pl.add_argument("--out", required=True, help="output HTML, e.g. reports/P1.html")
     pl.set_defaults(func=run)
 
@@ -77,7 +78,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="plate report HTML files to link (file stem = plate); default: <plate>.html "
         "beside --out when it exists",
     )
-    sc.add_argument("--readout", help="Z' readout column (overrides report.readout)")
+    add_override(sc, "--readout", "readout", "Z' readout column", schema=schema, section="report")
     sc.add_argument("--out", required=True, help="output HTML, e.g. reports/index.html")
     sc.set_defaults(func=run)
     return p
@@ -89,15 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace):
-    from cytoscreen.config import load_config
+    from cytoscreen.argparse_ import load_config_with_overrides
     from cytoscreen.io import config_hash
     from cytoscreen.report.settings import ReportSettings
 
-    config = load_config(args.config)
-    section = dict(config["report"])
-    if args.readout:
-        section["readout"] = args.readout
-    return ReportSettings.from_config(section), config_hash(config)
+    config = load_config_with_overrides(args, "report")
+    return ReportSettings.from_config(config["report"]), config_hash(config)
 
 
 def _optional(
