@@ -152,7 +152,7 @@ def run_segment(args: argparse.Namespace) -> int:
     settings = _settings(config)
     # masks go to --masks, else to <results>/<plate>/masks when the config keeps them (crops need them)
     masks = args.masks
-    if masks is None and (settings.save_masks or settings.crops.enabled):
+    if masks is None and (settings.save_masks or settings.crops.enabled or settings.ome_zarr_labels != "none"):
         masks = str(_plate_path(config, args.plate, None, "masks"))
     segment_plate(
         settings, plate=args.plate,

@@ -107,6 +107,7 @@ class SegmentSettings:
     accelerator: str = "auto"
     threads: int = 2
     save_masks: bool = False
+    ome_zarr_labels: str = "none"  # none | copy | input (cytoscreen/segment/omezarr_labels.py)
     low_count_z: float | None = 3.0
     min_reference_sites: int = 4
     reference: str = "negcon"

@@ -1,8 +1,10 @@
 # Export (optional): profile tables as AnnData .h5ad files beside their Parquet files, for scanpy and
 # the scverse tools. `export.anndata` lists the tables: per plate sites, wells, normalized,
 # feature_selected (<results>/<plate>/<table>.h5ad); for the screen screen_feature_selected and
-# screen_consensus (<results>/screen/<table>.h5ad). With an empty list EXPORT_OUTPUTS is empty and
-# the rule is never run.
+# screen_consensus (<results>/screen/<table>.h5ad). With an empty list no .h5ad is asked for.
+# With segmentation on and `segment.ome_zarr_labels` copy or input, the saved masks become OME-Zarr
+# labels of each field (copy: <results>/<plate>/plate.ome.zarr; input: the plate's own store);
+# <results>/<plate>/ome_zarr_labels.tsv lists them.
 
 _EXPORT_PLATE_TABLES = ("sites", "wells", "normalized", "feature_selected")
 _EXPORT_TABLES = list(config["export"]["anndata"])
@@ -40,4 +42,38 @@ rule export_anndata:
         "cytoscreen export anndata {input} {output} > {log} 2>&1"
 
 
-EXPORT_OUTPUTS = _export_outputs()
+_LABELS_MODE = config["segment"]["ome_zarr_labels"] if config["segment"]["enabled"] else "none"
+_LABELS_OUTPUT = {"summary": f"{RESULTS}/{{plate}}/ome_zarr_labels.tsv"}
+_LABELS_WHERE = " --in-place"
+if _LABELS_MODE == "copy":
+    _LABELS_OUTPUT["store"] = directory(f"{RESULTS}/{{plate}}/plate.ome.zarr")
+    _LABELS_WHERE = " --out {output.store}"
+
+
+if _LABELS_MODE != "none":
+
+    rule export_ome_zarr_labels:
+        input:
+            images=f"{RESULTS}/{{plate}}/images.parquet",
+            masks=f"{RESULTS}/{{plate}}/masks",
+        output:
+            **_LABELS_OUTPUT,
+        log:
+            f"{RESULTS}/logs/export/ome_zarr_labels_{{plate}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/export/ome_zarr_labels_{{plate}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        conda:
+            CONDA_ENV
+        shell:
+            "cytoscreen export ome-zarr {input.images} {input.masks}"
+            + _LABELS_WHERE
+            + " --summary {output.summary} > {log} 2>&1"
+
+
+EXPORT_OUTPUTS = _export_outputs() + (
+    expand(f"{RESULTS}/{{plate}}/ome_zarr_labels.tsv", plate=PLATES) if _LABELS_MODE != "none" else []
+)

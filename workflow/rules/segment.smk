@@ -8,7 +8,9 @@ SEGMENT_ENABLED = bool(_SEGMENT["enabled"])
 _SEGMENT_CROPS = SEGMENT_ENABLED and bool(_SEGMENT["crops"]["enabled"])
 _SEGMENT_EMBED = _SEGMENT_CROPS and bool(_SEGMENT["crops"]["embed"])
 # crops are cut from the saved nucleus masks, so crops imply masks
-_SEGMENT_MASKS = SEGMENT_ENABLED and (bool(_SEGMENT["save_masks"]) or _SEGMENT_CROPS)
+_SEGMENT_MASKS = SEGMENT_ENABLED and (
+    bool(_SEGMENT["save_masks"]) or _SEGMENT_CROPS or _SEGMENT["ome_zarr_labels"] != "none"
+)
 # a GPU is requested only when asked for; `auto` uses one when the node has it
 _SEGMENT_GPU = {"gpu": 1} if _SEGMENT["accelerator"] == "gpu" else {}
 _SEGMENT_THREADS = int(_SEGMENT["threads"])
