@@ -2,7 +2,8 @@
 
   cytoscreen report plate --config CONFIG --plate P --qc results/P/qc.parquet \\
       --images results/P/images.parquet [--wells results/P/wells.parquet] \\
-      [--novelty results/screen/novelty/novelty.parquet] [--counts COUNTS] --out reports/P.html
+      [--novelty results/screen/novelty/novelty.parquet] [--counts COUNTS] \\
+      [--dose results/screen/novelty/dose.parquet] --out reports/P.html
   cytoscreen report screen --config CONFIG --qc results/*/qc.parquet \\
       [--novelty results/screen/novelty/novelty.parquet] [--moa results/screen/moa.parquet] \\
       [--evaluation results/screen/evaluation.json] \\
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 PLATE_DOC = """Write the HTML report of one plate.
 
 Heatmaps (QC failures, focus, cell count or DNA signal, novelty score and q-value), control
-quality (negcon vs poscon distribution and Z' on report.readout), a thumbnail gallery of QC
+quality (negcon vs poscon distribution and Z' on report.readout, out-of-sample values only),
+dose-response curves (with --dose), a thumbnail gallery of QC
 failures and top hits, a summary and a table of every well.
 """
 
@@ -58,6 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     pl.add_argument(
         "--counts", help="optional per-site table with the report.count_column cell counts"
     )
+    pl.add_argument("--dose", help="optional dose.parquet (cytoscreen dose): dose-response curves")
     add_override(pl, "--readout", "readout", "Z' readout column", schema=schema, section="report")
     pl.add_argument("--out", required=True, help="output HTML, e.g. reports/P1.html")
     pl.set_defaults(func=run)
@@ -124,12 +127,14 @@ def run_plate(args: argparse.Namespace) -> int:
     counts = _optional(
         args.counts, "cell counts (--counts)", "counts come from the QC table when it has them"
     )
+    dose = _optional(args.dose, "dose table (--dose)")
     inputs = {
         "qc": args.qc,
         "images": args.images,
         "wells": args.wells,
         "novelty": args.novelty,
         "counts": args.counts,
+        "dose": args.dose,
     }
     page = plate_report(
         qc,
@@ -138,6 +143,7 @@ def run_plate(args: argparse.Namespace) -> int:
         wells=wells,
         novelty=novelty,
         counts=counts,
+        dose=dose,
         settings=settings,
         inputs=inputs,
         config_hash=chash,

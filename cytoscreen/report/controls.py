@@ -16,7 +16,11 @@ import numpy as np
 import pandas as pd
 
 from cytoscreen import io
+from cytoscreen.report.wells import NOVELTY_PREFIX
 from cytoscreen.stats import z_prime
+
+#: Novelty splits whose control wells trained the model: their novelty values are in-sample.
+IN_SAMPLE_SPLITS = ("train", "val")
 
 
 def z_prime_verdict(z: float) -> str:
@@ -39,6 +43,7 @@ class ControlQuality:
     sd_poscon: float = float("nan")
     z_prime: float = float("nan")
     robust_z_prime: float = float("nan")
+    n_in_sample: int = 0
     note: str = ""
 
     @property
@@ -46,21 +51,45 @@ class ControlQuality:
         return z_prime_verdict(self.z_prime)
 
 
+def in_sample(table: pd.DataFrame, readout: str | None) -> pd.Series:
+    """True for the wells whose ``readout`` value is in-sample: a novelty column
+    (``Metadata_Novelty_*``) of a control well the model trained on (``Metadata_Novelty_Split``
+    train or val).  The autoencoder memorises those wells, so they score near zero and never enter a
+    control distribution or Z'; calibration wells and cross-fitted controls are out-of-sample."""
+    if readout is None or not str(readout).startswith(NOVELTY_PREFIX) or io.NOVELTY_SPLIT not in table.columns:
+        return pd.Series(False, index=table.index)
+    return table[io.NOVELTY_SPLIT].astype(str).str.strip().str.lower().isin(IN_SAMPLE_SPLITS)
+
+
+def control_values(table: pd.DataFrame, readout: str) -> pd.Series:
+    """``readout`` as floats, NaN where it is missing or :func:`in_sample`."""
+    values = pd.to_numeric(table[readout], errors="coerce").astype(float)
+    return values.mask(in_sample(table, readout))
+
+
 def control_quality(
     summary: pd.DataFrame, readout: str | None, *, negcon: str = "negcon", poscon: str = "poscon"
 ) -> ControlQuality:
-    """Z' (and robust Z') of ``readout`` over the negcon and poscon wells of a well summary."""
+    """Z' (and robust Z') of ``readout`` over the negcon and poscon wells of a well summary, from
+    out-of-sample values only (:func:`control_values`)."""
     if readout is None or readout not in summary.columns:
         return ControlQuality(readout=readout, note=f"readout {readout} is not available")
     pert = summary[io.PERT_TYPE].astype(str).str.lower()
-    values = pd.to_numeric(summary[readout], errors="coerce").astype(float)
+    values = control_values(summary, readout)
+    controls = pert.isin([negcon, poscon])
+    n_in_sample = int((in_sample(summary, readout) & controls).sum())
     neg = values[pert == negcon].dropna().to_numpy()
     pos = values[pert == poscon].dropna().to_numpy()
-    note = ""
+    notes = []
     if len(neg) < 2 or len(pos) < 2:
-        note = (
+        notes.append(
             f"Z' needs at least two {negcon} and two {poscon} wells with a value; "
             f"found {len(neg)} and {len(pos)}"
+        )
+    if n_in_sample:
+        notes.append(
+            f"{n_in_sample} control well(s) trained the novelty model (split train/val); their "
+            f"in-sample values are left out"
         )
     return ControlQuality(
         readout=readout,
@@ -72,9 +101,9 @@ def control_quality(
         sd_poscon=float(pos.std(ddof=1)) if len(pos) > 1 else float("nan"),
         z_prime=z_prime(pos, neg),
         robust_z_prime=z_prime(pos, neg, robust=True),
-        note=note,
+        n_in_sample=n_in_sample,
+        note="; ".join(notes),
     )
-
 
 
 def has_values(summary: pd.DataFrame, column: str) -> bool:

@@ -13,6 +13,7 @@ import base64
 import html
 import io as _io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -347,4 +348,47 @@ def control_distribution(
     ax.grid(axis="x", alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+    return figure_data_uri(fig)
+
+
+@dataclass(frozen=True)
+class DosePanel:
+    """One compound's dose-response panel: well points, the fitted curve (empty when there is none),
+    its EC50 (NaN when none) and the negcon median as a reference level (NaN when unknown)."""
+
+    title: str
+    dose: np.ndarray
+    response: np.ndarray
+    curve_dose: np.ndarray
+    curve_response: np.ndarray
+    ec50: float = float("nan")
+    reference: float = float("nan")
+
+
+def dose_curves(panels: Sequence[DosePanel], *, readout: str, dose_label: str = "dose", ncols: int = 3) -> str:
+    """Small multiples of dose-response curves (log dose axis) as a PNG data URI."""
+    from matplotlib.figure import Figure
+
+    n = max(len(panels), 1)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(3.3 * ncols, 2.6 * nrows))
+    for i, p in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.scatter(p.dose, p.response, s=14, color="#1f77b4", alpha=0.75, linewidths=0, label="wells")
+        if len(p.curve_dose):
+            ax.plot(p.curve_dose, p.curve_response, color="#d62728", lw=1.5, label="log-logistic fit")
+        if np.isfinite(p.ec50):
+            ax.axvline(p.ec50, color="#d62728", lw=0.8, ls="--")
+        if np.isfinite(p.reference):
+            ax.axhline(p.reference, color="#7f7f7f", lw=0.8, ls=":", label="negcon median")
+        ax.set_xscale("log")
+        ax.set_title(p.title, fontsize=9)
+        ax.set_xlabel(dose_label, fontsize=8)
+        ax.set_ylabel(_short(readout, 28), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    fig.tight_layout()
     return figure_data_uri(fig)

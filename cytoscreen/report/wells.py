@@ -41,6 +41,8 @@ ID_COLUMNS = (
     io.MOA,
 )
 #: QC metrics measured per site and channel (cytoscreen.qc.METRICS).
+#: Prefix of the novelty stage's columns (score, p, q, hit, split, ...), all carried into the summary.
+NOVELTY_PREFIX = f"{io.METADATA_PREFIX}Novelty_"
 #: Image-QC flags in the order a failing site is described and the gallery picks them.
 FLAG_ORDER = io.QC_IMAGE_FLAGS
 
@@ -157,7 +159,7 @@ def well_summary(
         ``qc_flags`` (text), ``focus_log10`` (worst site: the median over channels of log10
         FocusScore), every QC metric averaged over the well's sites that passed image QC (see
         :func:`image_qc_failed`; NaN when none did), the cell count (same averaging),
-        ``sites_profiled`` and the novelty columns when given; sorted by plate, row, column.
+        ``sites_profiled`` and the novelty columns (``Metadata_Novelty_*``) when given; sorted by plate, row, column.
     """
     require_columns(qc, [io.WELL], source, "a per-site qc.parquet")
     if qc.empty:
@@ -267,11 +269,9 @@ def _merge_novelty(out: pd.DataFrame, novelty: pd.DataFrame, keys: list[str]) ->
     nov = novelty
     if io.PLATE in novelty.columns and io.PLATE in out.columns:
         nov = novelty[novelty[io.PLATE].isin(out[io.PLATE].unique())]
-    cols = [
-        c
-        for c in (io.NOVELTY_SCORE, io.NOVELTY_PVALUE, io.NOVELTY_QVALUE, io.NOVELTY_HIT)
-        if c in nov.columns
-    ]
+    first = [io.NOVELTY_SCORE, io.NOVELTY_PVALUE, io.NOVELTY_QVALUE, io.NOVELTY_HIT]
+    cols = [c for c in first if c in nov.columns]
+    cols += [c for c in nov.columns if str(c).startswith(NOVELTY_PREFIX) and c not in cols and c not in nkeys]
     nov = nov[nkeys + cols].drop_duplicates(nkeys)
     if nov.empty:
         logger.warning(

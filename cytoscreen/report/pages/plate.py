@@ -23,6 +23,7 @@ from cytoscreen.report.components import (
     treatment_text,
 )
 from cytoscreen.report.pages.plate_controls import controls_section
+from cytoscreen.report.pages.plate_dose import dose_section
 from cytoscreen.report.pages.plate_gallery import gallery_section
 from cytoscreen.report.pages.plate_heatmaps import heatmaps_section
 from cytoscreen.report.settings import ReportSettings
@@ -145,6 +146,7 @@ def plate_report(
     wells: pd.DataFrame | None = None,
     novelty: pd.DataFrame | None = None,
     counts: pd.DataFrame | None = None,
+    dose: pd.DataFrame | None = None,
     settings: ReportSettings | None = None,
     n_wells: int | None = None,
     inputs: Mapping[str, str | None] | None = None,
@@ -153,9 +155,9 @@ def plate_report(
     """The HTML report of one plate.
 
     ``qc`` is required; ``images`` (thumbnails), ``wells`` (well profiles), ``novelty`` (scores and
-    hits, any plates) and ``counts`` (per-site cell counts) are optional and their sections say
-    "Stage not run" when missing.  Rows of other plates are ignored.  ``inputs`` (name -> path or
-    None) is listed in the footer.
+    hits, any plates), ``counts`` (per-site cell counts) and ``dose`` (``cytoscreen dose`` table) are
+    optional and their sections say "Stage not run" when missing.  Rows of other plates are ignored.
+    ``inputs`` (name -> path or None) is listed in the footer.
     """
     settings = settings or ReportSettings()
     qc = plate_rows(qc, plate, "qc")
@@ -203,6 +205,7 @@ def plate_report(
             ),
         ),
         section("controls", "Control quality", controls_section(summary, quality, how, settings)),
+        section("dose", "Dose response", dose_section(dose, nov)),
         section("gallery", "Thumbnails", gallery_section(qc, images, nov, settings)),
         section("wells", "Wells", _well_table(summary, settings)),
     ]
@@ -210,6 +213,7 @@ def plate_report(
         ("summary", "Summary"),
         ("heatmaps", "Heatmaps"),
         ("controls", "Controls"),
+        ("dose", "Dose"),
         ("gallery", "Thumbnails"),
         ("wells", "Wells"),
         ("provenance", "Inputs"),

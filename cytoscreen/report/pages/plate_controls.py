@@ -13,10 +13,12 @@ from cytoscreen.report.settings import ReportSettings
 def controls_section(
     summary: pd.DataFrame, quality: controls.ControlQuality, how: str, settings: ReportSettings
 ) -> str:
+    """Distribution of the readout per pert type (out-of-sample values only), control statistics and
+    Z' on every candidate readout."""
     if quality.readout is None:
         return not_run("readout", how)
     pert = summary[io.PERT_TYPE].astype(str)
-    values = pd.to_numeric(summary[quality.readout], errors="coerce").astype(float)
+    values = controls.control_values(summary, quality.readout)  # in-sample novelty values left out
     groups = {
         k: values[pert == k].to_numpy() for k in ("negcon", "poscon", "trt") if (pert == k).any()
     }

@@ -87,14 +87,17 @@ def heatmaps_section(
             "fraction of the well's sites with any QC flag",
             {"cmap": "Reds", "vmin": 0.0, "vmax": 1.0, "robust": False},
         ),
-        (
-            "hm-focus",
-            wells.FOCUS,
-            "Focus",
-            "log10 focus score of the worst site (median over channels); blurred sites are low",
-            {"cmap": "viridis"},
-        ),
     ]
+    if wells.FOCUS in summary.columns:  # a QC table without FocusScore columns has no focus map
+        specs.append(
+            (
+                "hm-focus",
+                wells.FOCUS,
+                "Focus",
+                "log10 focus score of the worst site (median over channels); blurred sites are low",
+                {"cmap": "viridis"},
+            )
+        )
     if has_values(summary, count_col):
         specs.append(
             (
