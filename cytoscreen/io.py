@@ -8,6 +8,7 @@ renamed, so an interrupted run never leaves a half-written file that looks compl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -59,6 +60,10 @@ NOVELTY_SCORE = "Metadata_Novelty_Score"
 NOVELTY_PVALUE = "Metadata_Novelty_PValue"
 NOVELTY_QVALUE = "Metadata_Novelty_QValue"
 NOVELTY_HIT = "Metadata_Novelty_Hit"
+#: Per-well robust z of the log novelty score against the plate's negcon wells (out-of-sample scores).
+NOVELTY_ROBUST_Z = "Metadata_Novelty_RobustZ"
+#: Z'-factor of the plate's novelty score, poscon vs negcon wells (same value on every well of a plate).
+NOVELTY_PLATE_ZPRIME = "Metadata_Novelty_PlateZPrime"
 
 PERT_TYPES = ("trt", "negcon", "poscon", "empty")
 
@@ -328,9 +333,11 @@ def read_image(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
     path
         A TIFF or PNG file, or a Zarr array folder (e.g. ``images.zarr/images``).
     frame
-        For a TIFF: the page (plane) index, ``-1`` for a single-plane file.  For a Zarr array of
-        shape ``(..., y, x)``: the flat index over the leading dimensions (for ``(site, channel, y,
-        x)`` it is ``site * n_channels + channel``).
+        For a TIFF: the page (plane) index, ``-1`` for a single-plane file, and
+        :func:`z_max_frame` ``(c)`` (``-2 - c``) for the maximum projection over z of channel ``c``
+        of a z-stack (``ingest.z_projection: max``).  For a Zarr array of shape ``(..., y, x)``: the
+        flat index over the leading dimensions (for ``(site, channel, y, x)`` it is
+        ``site * n_channels + channel``).
 
     Raises
     ------
@@ -350,7 +357,9 @@ def read_image(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
             import tifffile
 
             with tifffile.TiffFile(p) as tif:
-                if frame >= 0 and len(tif.pages) > 1:
+                if frame <= Z_MAX_FRAME:
+                    img = _z_max(tif, Z_MAX_FRAME - frame)
+                elif frame >= 0 and len(tif.pages) > 1:
                     img = tif.pages[frame].asarray()
                 elif frame >= 0:  # one page holding several samples (planar or interleaved)
                     img = _sample_plane(np.squeeze(tif.pages[0].asarray()), frame)
@@ -373,10 +382,101 @@ def read_image(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
         raise InputDataError(f"{p}: cannot read image (no pixel data; the file is truncated or corrupt)")
     if img.ndim != 2:
         raise InputDataError(
-            f"{p}: expected a 2-D image plane, got shape {img.shape}; multi-channel TIFFs need a "
-            f"layout without a channel group so each page is read as one channel"
+            f"{p}: expected a 2-D image plane, got shape {img.shape}: a z-stack needs "
+            f"`ingest.z_projection: max`, and multi-channel TIFFs need a layout without a channel "
+            f"group so each page is read as one channel"
         )
     return img
+
+
+#: ``frame`` of the maximum projection over z of channel 0 of a z-stack TIFF; channel ``c`` is
+#: ``Z_MAX_FRAME - c`` (see :func:`z_max_frame`).
+Z_MAX_FRAME = -2
+
+
+def z_max_frame(channel: int = 0) -> int:
+    """The ``frame`` that makes :func:`read_image` return the z maximum projection of ``channel``."""
+    return Z_MAX_FRAME - int(channel)
+
+
+def _z_max(tif: Any, channel: int) -> np.ndarray:
+    """Maximum over z of channel ``channel`` of a TIFF's first series (pages are z unless the
+    series has a C axis, as ImageJ hyperstacks do)."""
+    series = tif.series[0]
+    arr = series.asarray()
+    axes = series.axes
+    if "C" in axes:
+        arr = np.take(arr, channel, axis=axes.index("C"))
+        axes = axes.replace("C", "")
+    elif channel:
+        raise InputDataError(f"channel {channel} of a z-stack without a channel axis (axes {series.axes})")
+    lead = tuple(i for i, a in enumerate(axes) if a not in "YXS")
+    return arr.max(axis=lead) if lead else arr
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, without decoding pixels.
+
+    ``planes`` counts the 2-D planes of the file (TIFF pages, or samples of one page);
+    ``z`` and ``channels`` are the sizes of the Z and C axes that the file declares (ImageJ
+    hyperstacks and OME-TIFF do; plain multi-page TIFFs do not, their pages are axis ``Q``).
+    """
+
+    dtype: str
+    bit_depth: int
+    shape: tuple[int, ...]
+    axes: str
+    planes: int
+    z: int = 1
+    channels: int = 1
+
+    @property
+    def is_float(self) -> bool:
+        return np.dtype(self.dtype).kind == "f"
+
+
+def read_image_header(path: str | os.PathLike) -> ImageHeader:
+    """dtype, bits per sample and plane layout of a TIFF or PNG from its header.
+
+    Raises
+    ------
+    InputDataError
+        The file cannot be opened or its header cannot be read.
+    """
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                series = tif.series[0]
+                page = tif.pages[0]
+                axes = series.axes
+                shape = tuple(int(n) for n in series.shape)
+                pages = len(tif.pages)
+                samples = int(getattr(page, "samplesperpixel", 1) or 1)
+                return ImageHeader(
+                    dtype=np.dtype(series.dtype).name, bit_depth=int(page.bitspersample), shape=shape,
+                    axes=axes, planes=pages if pages > 1 else samples,
+                    z=shape[axes.index("Z")] if "Z" in axes else 1,
+                    channels=shape[axes.index("C")] if "C" in axes else 1,
+                )
+        if p.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(p) as im:
+                modes = {"1": ("bool", 1), "L": ("uint8", 8), "LA": ("uint8", 8), "P": ("uint8", 8),
+                         "RGB": ("uint8", 8), "RGBA": ("uint8", 8), "I;16": ("uint16", 16),
+                         "I;16B": ("uint16", 16), "I": ("int32", 32), "F": ("float32", 32)}
+                dtype, bits = modes.get(im.mode, ("uint8", 8))
+                return ImageHeader(dtype=dtype, bit_depth=bits, shape=(im.height, im.width), axes="YX",
+                                   planes=1)
+        raise InputDataError(f"{p}: unknown image format {p.suffix!r}")
+    except InputDataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - decoders raise many types for corrupt files
+        raise InputDataError(f"{p}: cannot read image header ({type(err).__name__}: {err})") from err
 
 
 def _sample_plane(arr: np.ndarray, index: int) -> np.ndarray:
@@ -403,10 +503,11 @@ def tiff_channel_count(path: str | os.PathLike) -> int:
 
 
 def image_dtype_max(img: np.ndarray) -> float:
-    """Full-scale value of an image's dtype (255 for uint8, 65535 for uint16, 1.0 for float)."""
+    """Full-scale value of an image's dtype (255 for uint8, 65535 for uint16); for float images
+    their actual range (:func:`image_full_scale`: 1.0 for a 0-1 image)."""
     if np.issubdtype(img.dtype, np.integer):
         return float(np.iinfo(img.dtype).max)
-    return 1.0
+    return image_full_scale(img)
 
 
 def image_full_scale(img: np.ndarray, bit_depth: int | None = None) -> float:

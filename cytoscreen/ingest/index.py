@@ -13,6 +13,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.ingest.headers import annotate, read_headers, resolve_planes
 from cytoscreen.ingest.layouts import (
     OME_ZARR_LAYOUT,
     ZARR_LAYOUT,
@@ -29,6 +30,8 @@ from cytoscreen.ingest.settings import IngestSettings
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = (io.PLATE, io.WELL, io.ROW, io.COL, io.SITE, io.CHANNEL, io.PATH, io.FRAME)
+#: Added to every image row from its file header (:func:`cytoscreen.ingest.headers.annotate`).
+HEADER_COLUMNS = (io.DTYPE, io.BIT_DEPTH, io.INTENSITY_SCALE)
 
 
 def _walk(root: Path, extensions: Sequence[str]) -> list[str]:
@@ -55,11 +58,15 @@ def index_plate(
     user_layouts: Mapping[str, str] | None = None,
     extensions: Sequence[str] = (".tif", ".tiff", ".png"),
     on_unmatched_files: str = "warn",
+    z_projection: str = "none",
+    on_mixed_bit_depth: str = "error",
 ) -> pd.DataFrame:
     """Index one plate's images.
 
-    Returns one row per image plane with :data:`IMAGE_COLUMNS`, sorted by well, site and channel
-    (channels in the order of the config's mapping, then by token).
+    Returns one row per image plane with :data:`IMAGE_COLUMNS` and :data:`HEADER_COLUMNS`, sorted
+    by well, site and channel (channels in the order of the config's mapping, then by token).
+    Each image's dtype and bit depth come from its header (:mod:`cytoscreen.ingest.headers`,
+    which also explains ``z_projection`` and ``on_mixed_bit_depth``).
 
     Raises
     ------
@@ -67,9 +74,12 @@ def index_plate(
         Unknown layout.
     InputDataError
         Missing folder, no images, files matching no pattern (``on_unmatched_files: error``),
-        duplicate (well, site, channel), sites lacking a channel that other sites have.
+        duplicate (well, site, channel), sites lacking a channel that other sites have, a z-stack
+        without ``z_projection: max``, a channel mixing bit depths without
+        ``on_mixed_bit_depth: rescale``.
     """
     channels = {str(k): str(v) for k, v in (channels or {}).items()}
+    headers: dict[str, io.ImageHeader] = {}
     root = Path(images)
     regex = resolve_layout(layout, user_layouts)
     if not root.exists():
@@ -81,8 +91,13 @@ def index_plate(
 
         df = index_ome_zarr(root, plate=plate, channels=channels)
     else:
-        df = _index_files(root, plate, regex, layout, channels, extensions, on_unmatched_files)
+        df = _index_files(root, plate, regex, layout, channels, extensions, on_unmatched_files,
+                          headers=headers, z_projection=z_projection)
+    missing = [p for p in dict.fromkeys(df[io.PATH]) if p not in headers]
+    headers.update(read_headers(missing))
+    df = resolve_planes(df, headers, z_projection=z_projection)
     _check_complete(df, root)
+    df = annotate(df, headers, on_mixed_bit_depth=on_mixed_bit_depth, source=f"{root}: plate {plate}")
     order = {name: i for i, name in enumerate(dict.fromkeys(channels.values()))}
     df["_corder"] = [order.get(c, len(order)) for c in df[io.CHANNEL]]
     df = df.sort_values([io.ROW, io.COL, io.SITE, "_corder", io.CHANNEL], kind="stable")
@@ -95,7 +110,8 @@ def index_plate(
 
 def _index_files(root: Path, plate: str, regex: re.Pattern[str], layout: str,
                  channels: Mapping[str, str], extensions: Sequence[str],
-                 on_unmatched_files: str) -> pd.DataFrame:
+                 on_unmatched_files: str, *, headers: dict[str, io.ImageHeader],
+                 z_projection: str) -> pd.DataFrame:
     files = _walk(root, extensions)
     if not files:
         raise InputDataError(f"{root}: no image files ({', '.join(extensions)}) for plate {plate}; "
@@ -134,13 +150,15 @@ def _index_files(root: Path, plate: str, regex: re.Pattern[str], layout: str,
     df = pd.DataFrame(rows)
     df = _select_plate(df, plate, root)
     if "z" in groups and df["z"].nunique() > 1:
-        raise InputDataError(f"{root}: plate {plate} has {df['z'].nunique()} z-planes per site; "
-                             f"cytoscreen expects one plane (make a max projection first)")
+        raise InputDataError(f"{root}: plate {plate} has {df['z'].nunique()} z-planes per site as separate "
+                             f"files; cytoscreen reads one file per site and channel: store each z-stack "
+                             f"as one multi-page TIFF and set `ingest.z_projection: max`, or project first")
     if "channel" in groups:
         df[io.CHANNEL] = [_channel_name(t, channels) for t in df["token"]]
         df[io.FRAME] = -1
     else:
-        df = _expand_pages(df, channels)
+        headers.update(read_headers(df["path"].tolist()))
+        df = _expand_pages(df, channels, headers, z_projection)
     rc = [io.split_well(w) for w in df["well"]]
     out = pd.DataFrame({
         io.PLATE: plate,
@@ -169,16 +187,27 @@ def _select_plate(df: pd.DataFrame, plate: str, root: Path) -> pd.DataFrame:
     return df[keep]
 
 
-def _expand_pages(df: pd.DataFrame, channels: Mapping[str, str]) -> pd.DataFrame:
-    """Multi-channel TIFFs: one row per page, channel named by the page index mapping."""
+def _expand_pages(df: pd.DataFrame, channels: Mapping[str, str], headers: Mapping[str, io.ImageHeader],
+                  z_projection: str) -> pd.DataFrame:
+    """Multi-channel TIFFs: one row per channel plane, named by the plane index mapping.
+
+    Planes are the pages (or the samples of one page); a file whose header declares both Z and C
+    axes (an ImageJ hyperstack) has C channels, each read as its maximum over z under
+    ``z_projection: max``.
+    """
     rows = []
     for rec in df.to_dict(orient="records"):
-        try:
-            n = io.tiff_channel_count(rec["path"])
-        except Exception as err:  # noqa: BLE001 - any decoder error is bad input here
-            raise InputDataError(f"{rec['path']}: cannot read TIFF header ({err})") from err
-        for page in range(n):
-            rows.append({**rec, io.CHANNEL: _channel_name(str(page), channels), io.FRAME: page})
+        h = headers[rec["path"]]
+        if h.z > 1:
+            if z_projection != "max":
+                raise InputDataError(
+                    f"{rec['path']}: a z-stack of {h.z} planes per channel (shape {h.shape}, axes {h.axes}); "
+                    f"set `ingest.z_projection: max` to read each channel's maximum projection over z")
+            planes = [(c, io.z_max_frame(c)) for c in range(h.channels)]
+        else:
+            planes = [(c, c) for c in range(h.planes)]
+        for c, frame in planes:
+            rows.append({**rec, io.CHANNEL: _channel_name(str(c), channels), io.FRAME: frame})
     return pd.DataFrame(rows)
 
 
@@ -262,7 +291,9 @@ def ingest_plate(plate: str, info: Mapping[str, str], settings: IngestSettings) 
 
     images = index_plate(info["images"], plate=plate, layout=info["layout"], channels=settings.channels,
                          user_layouts=settings.layouts, extensions=settings.extensions,
-                         on_unmatched_files=settings.on_unmatched_files)
+                         on_unmatched_files=settings.on_unmatched_files, z_projection=settings.z_projection,
+                         on_mixed_bit_depth=settings.on_mixed_bit_depth)
+    check_channels(images, settings, source=f"{info['images']}: plate {plate}")
     platemap = read_platemap(info["platemap"])
     out = join_platemap(images, platemap, source=info["platemap"], on_missing_wells=settings.on_missing_wells,
                         on_unmapped_wells=settings.on_unmapped_wells)
@@ -272,9 +303,27 @@ def ingest_plate(plate: str, info: Mapping[str, str], settings: IngestSettings) 
     return out
 
 
+def check_channels(images: pd.DataFrame, settings: IngestSettings, *, source: str) -> None:
+    """Channels the config names (``channels:`` values, ``features.channels``) must have images on
+    the plate: an InputDataError naming them, or a warning under ``on_missing_channels: warn``."""
+    present = list(dict.fromkeys(images[io.CHANNEL]))
+    missing = [c for c in settings.required_channels if c not in present]
+    if not missing:
+        return
+    tokens = {v: k for k, v in settings.channels.items()}
+    named = ", ".join(f"{tokens[c]}: {c}" if c in tokens else f"{c} (features.channels)" for c in missing)
+    msg = (f"{source}: {len(missing)} channel(s) named in the config have no images ({named}); channels "
+           f"found: {', '.join(present)}. Check the channel tokens in the file names, or set "
+           f"`ingest.on_missing_channels: warn` to ingest the plate without them")
+    if settings.on_missing_channels == "error":
+        raise InputDataError(msg)
+    logger.warning(msg)
+
+
 def check_layout_name(name: str, config: Mapping) -> None:
     """Raise ConfigError now for an unknown layout (used by config checks)."""
     resolve_layout(name, config.get("layouts"))
 
 
-__all__ = ["IMAGE_COLUMNS", "index_plate", "ingest_plate", "check_layout_name", "ConfigError"]
+__all__ = ["HEADER_COLUMNS", "IMAGE_COLUMNS", "check_channels", "index_plate", "ingest_plate", "check_layout_name",
+           "ConfigError"]

@@ -24,6 +24,11 @@ class IngestSettings:
     on_unmatched_files: str
     on_missing_wells: str
     on_unmapped_wells: str
+    on_missing_channels: str
+    on_mixed_bit_depth: str
+    z_projection: str
+    #: Channel names the config relies on: the values of ``channels:`` and ``features.channels``.
+    required_channels: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> IngestSettings:
@@ -31,13 +36,16 @@ class IngestSettings:
         from cytoscreen.argparse_ import section_defaults
 
         section = {**section_defaults("ingest"), **dict(config.get("ingest") or {})}
-        names = {f.name for f in dataclasses.fields(cls)} - {"channels", "layouts"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"channels", "layouts", "required_channels"}
         unknown = sorted(set(section) - names)
         if unknown:
             raise ConfigError(f"ingest: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         section["extensions"] = tuple(section["extensions"])
+        channels = {str(k): str(v) for k, v in (config.get("channels") or {}).items()}
+        features = [str(c) for c in ((config.get("features") or {}).get("channels") or [])]
         return cls(
-            channels={str(k): str(v) for k, v in (config.get("channels") or {}).items()},
+            channels=channels,
+            required_channels=tuple(dict.fromkeys([*channels.values(), *features])),
             layouts={str(k): str(v) for k, v in (config.get("layouts") or {}).items()},
             **{k: section[k] for k in names},
         )

@@ -236,12 +236,11 @@ def _layout_setup(tmp_path, names, *, layout, regex=None, channels=None, wells=N
         tmp_path / "plates.tsv", sep="\t", index=False)
     extra = {"layouts": {layout: regex}} if regex else {}
     cfg = write_config(tmp_path / "config.yaml", tmp_path / "plates.tsv", **extra)
-    if channels is not None:
-        import yaml
+    import yaml
 
-        data = yaml.safe_load(cfg.read_text())
-        data["channels"] = channels
-        cfg.write_text(yaml.safe_dump(data))
+    data = yaml.safe_load(cfg.read_text())
+    data["channels"] = channels if channels is not None else {"w1": "DNA"}
+    cfg.write_text(yaml.safe_dump(data))
     return cfg
 
 
@@ -324,3 +323,163 @@ def test_platemap_schema_well_pattern():
     pattern = re.compile(load_schema("platemap")["properties"]["well"]["pattern"])
     assert all(pattern.match(w) for w in ("A01", "a1", "P24", "AF48", "A001"))
     assert not any(pattern.match(w) for w in ("A00", "A0", "AG01", "A49", "1A", "A100"))
+
+
+# --- issue 15 item 8: dtype and bit depth from the header; a channel mixing them -------------------
+def _mixed_plate(tmp_path, n_wells=12):
+    """12 wells x 1 channel; wells 1-3 are 8-bit, the rest 16-bit (the same scene at 1/257)."""
+    rng = np.random.default_rng(0)
+    wells = [f"A{c:02d}" for c in range(1, n_wells + 1)]
+    img = tmp_path / "images"
+    img.mkdir()
+    for i, w in enumerate(wells):
+        scene = rng.normal(2000, 200, (64, 64))
+        for _ in range(6):
+            y, x = rng.integers(8, 56, 2)
+            scene[y - 4 : y + 4, x - 4 : x + 4] += rng.uniform(8000, 30000)
+        scene = scene.clip(0, 65535).astype(np.uint16)
+        tifffile.imwrite(img / f"P1_{w}_s1_w1.tif", (scene // 257).astype(np.uint8) if i < 3 else scene)
+    return _layout_setup(tmp_path, [], layout="imagexpress", wells=wells)
+
+
+def test_mixed_bit_depth_is_an_error_by_default(tmp_path, capsys):
+    cfg = _mixed_plate(tmp_path)
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == InputDataError.exit_code and not (tmp_path / "i.parquet").exists()
+    assert "channel DNA mixes image types: 9 uint16 16-bit (e.g. P1_A04_s1_w1.tif); 3 uint8 8-bit" in err
+    assert "ingest.on_mixed_bit_depth: rescale" in err
+
+
+def test_mixed_bit_depth_rescaled_then_qc_compares(tmp_path, capsys):
+    cfg = _mixed_plate(tmp_path)
+    cfg.write_text(cfg.read_text() + "ingest: {on_mixed_bit_depth: rescale}\n")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == 0, err
+    df = pd.read_parquet(tmp_path / "i.parquet")
+    assert list(df[io.DTYPE]) == ["uint8"] * 3 + ["uint16"] * 9 and list(df[io.BIT_DEPTH]) == [8] * 3 + [16] * 9
+    assert np.allclose(df[io.INTENSITY_SCALE], [257.0] * 3 + [1.0] * 9)
+    rc, err = _run(capsys, "qc", str(tmp_path / "i.parquet"), str(tmp_path / "qc.parquet"), "--config", str(cfg))
+    assert rc == 0, err
+    qc = pd.read_parquet(tmp_path / "qc.parquet")
+    assert not qc["QC_empty"].any() and not qc["QC_saturated"].any()  # the 8-bit wells are not "empty"
+    means = qc["Metadata_DNA_MeanIntensity"].to_numpy()
+    assert abs(means[:3].mean() / means[3:].mean() - 1) < 0.1  # on one scale
+    # without the scale the 8-bit wells look empty: what this setting prevents
+    io.write_parquet(df.drop(columns=[io.INTENSITY_SCALE]), tmp_path / "raw.parquet")
+    rc, err = _run(capsys, "qc", str(tmp_path / "raw.parquet"), str(tmp_path / "qc_raw.parquet"))
+    assert rc == 0 and list(pd.read_parquet(tmp_path / "qc_raw.parquet")["QC_empty"]) == [True] * 3 + [False] * 9
+
+
+def test_one_bit_depth_is_recorded(tmp_path, capsys):
+    cfg = _layout_setup(tmp_path, ["P1_A01_s1_w1.tif"], layout="imagexpress", wells=["A01"])
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == 0, err
+    df = pd.read_parquet(tmp_path / "i.parquet")
+    assert (df[io.DTYPE].iloc[0], df[io.BIT_DEPTH].iloc[0], df[io.INTENSITY_SCALE].iloc[0]) == ("uint16", 16, 1.0)
+
+
+# --- issue 15 item 10: a channel named in the config but absent from the plate ---------------------
+def test_channel_missing_from_whole_plate(tmp_path, capsys):
+    names = [f"P1_{w}_s1_{c}.tif" for w in ("A01", "A02") for c in ("w1", "w2")]
+    cfg = _layout_setup(tmp_path, names, layout="imagexpress", wells=["A01", "A02"],
+                        channels={"w1": "DNA", "w2": "Tubulin", "w3": "Actin"})
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == InputDataError.exit_code and not (tmp_path / "i.parquet").exists()
+    assert "1 channel(s) named in the config have no images (w3: Actin); channels found: DNA, Tubulin" in err
+    assert "ingest.on_missing_channels: warn" in err
+    cfg.write_text(cfg.read_text() + "ingest: {on_missing_channels: warn}\n")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == 0 and "WARNING" in err and "(w3: Actin)" in err
+    assert set(pd.read_parquet(tmp_path / "i.parquet")[io.CHANNEL]) == {"DNA", "Tubulin"}
+
+
+def test_features_channel_missing_from_plate(tmp_path, capsys):
+    cfg = _layout_setup(tmp_path, ["P1_A01_s1_w1.tif"], layout="imagexpress", wells=["A01"])
+    cfg.write_text(cfg.read_text() + "features: {channels: [DNA, Mito]}\n")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == InputDataError.exit_code and "(Mito (features.channels)); channels found: DNA" in err
+
+
+# --- issue 15 item 11: z-stacks -------------------------------------------------------------------
+def _zstack_plate(tmp_path, extra=""):
+    img = tmp_path / "images"
+    img.mkdir()
+    stack = np.zeros((4, 16, 16), np.uint16)
+    for z in range(4):
+        stack[z, z, z] = 1000 + z  # a different bright pixel per plane
+    tifffile.imwrite(img / "P1_A01_s1_w1.tif", stack, photometric="minisblack")
+    cfg = _layout_setup(tmp_path, [], layout="imagexpress", wells=["A01"])
+    cfg.write_text(cfg.read_text() + extra)
+    return cfg, stack
+
+
+def test_zstack_is_a_clear_error_naming_the_setting(tmp_path, capsys):
+    cfg, _ = _zstack_plate(tmp_path)
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == InputDataError.exit_code and not (tmp_path / "i.parquet").exists()
+    assert "P1_A01_s1_w1.tif: a 3-D TIFF (shape (4, 16, 16)" in err and "a z-stack of 4 planes" in err
+    assert "set `ingest.z_projection: max`" in err
+
+
+def test_zstack_max_projection_through_ingest_and_qc(tmp_path, capsys):
+    cfg, stack = _zstack_plate(tmp_path, "ingest: {z_projection: max}\n")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == 0, err
+    df = pd.read_parquet(tmp_path / "i.parquet")
+    assert list(df[io.FRAME]) == [io.z_max_frame(0)]
+    assert np.array_equal(io.read_image(df[io.PATH].iloc[0], int(df[io.FRAME].iloc[0])), stack.max(axis=0))
+    rc, err = _run(capsys, "qc", str(tmp_path / "i.parquet"), str(tmp_path / "qc.parquet"))
+    qc = pd.read_parquet(tmp_path / "qc.parquet")
+    assert rc == 0 and not qc["QC_unreadable"].any()
+    assert qc["Metadata_DNA_MeanIntensity"].iloc[0] == pytest.approx(stack.max(axis=0).mean())
+
+
+def test_hyperstack_channels_projected(tmp_path, capsys):
+    img = tmp_path / "images"
+    img.mkdir()
+    hyper = np.random.default_rng(1).integers(0, 4000, (3, 2, 16, 16)).astype(np.uint16)  # Z, C, Y, X
+    tifffile.imwrite(img / "B02_s1.tif", hyper, imagej=True, metadata={"axes": "ZCYX"})
+    cfg = _layout_setup(tmp_path, [], layout="stack", wells=["B02"], channels={"0": "DNA", "1": "ER"},
+                        regex=r"(?P<well>[A-P]\d+)_s(?P<site>\d+)\.tif$")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == InputDataError.exit_code and "z-stack of 3 planes per channel" in err
+    cfg.write_text(cfg.read_text() + "ingest: {z_projection: max}\n")
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == 0, err
+    df = pd.read_parquet(tmp_path / "i.parquet")
+    assert list(df[io.CHANNEL]) == ["DNA", "ER"] and list(df[io.FRAME]) == [-2, -3]
+    for c in range(2):
+        assert np.array_equal(io.read_image(df[io.PATH].iloc[c], int(df[io.FRAME].iloc[c])), hyper[:, c].max(axis=0))
+
+
+def test_float_images_measured_on_their_range(tmp_path, capsys):
+    """Item 8: float raw counts are not "saturated"; a float 0-1 plate saturates at 1.0."""
+    rng = np.random.default_rng(2)
+    wells = [f"B{c:02d}" for c in range(1, 13)]
+    img = tmp_path / "images"
+    img.mkdir()
+    for i, w in enumerate(wells):
+        scene = rng.normal(300, 30, (64, 64))
+        for _ in range(6):
+            y, x = rng.integers(8, 56, 2)
+            scene[y - 4 : y + 4, x - 4 : x + 4] += rng.uniform(600, 1200)
+        if i == 5:
+            scene[:16] = 4095.0  # a 12-bit camera's clipped rows, stored as float
+        tifffile.imwrite(img / f"P1_{w}_s1_w1.tif", scene.astype(np.float32))
+    cfg = _layout_setup(tmp_path, [], layout="imagexpress", wells=wells)
+    rc, err = _ingest(capsys, cfg, tmp_path)
+    assert rc == 0, err
+    assert set(pd.read_parquet(tmp_path / "i.parquet")[io.DTYPE]) == {"float32"}
+    rc, err = _run(capsys, "qc", str(tmp_path / "i.parquet"), str(tmp_path / "qc.parquet"))
+    qc = pd.read_parquet(tmp_path / "qc.parquet").set_index(io.WELL)
+    assert rc == 0 and list(qc.index[qc["QC_saturated"]]) == ["B06"]
+    sat = qc["Metadata_DNA_SaturationFraction"]
+    assert sat["B06"] == pytest.approx(0.25) and (sat.drop("B06") == 0).all()
+    # the same plate scaled to 0-1: full scale 1.0
+    for w in wells:
+        path = img / f"P1_{w}_s1_w1.tif"
+        tifffile.imwrite(path, (tifffile.imread(path) / 4095.0).clip(0, 1).astype(np.float32))
+    rc, err = _run(capsys, "qc", str(tmp_path / "i.parquet"), str(tmp_path / "qc.parquet"))
+    qc = pd.read_parquet(tmp_path / "qc.parquet").set_index(io.WELL)
+    assert rc == 0 and list(qc.index[qc["QC_saturated"]]) == ["B06"]
+    assert qc.loc["B06", "Metadata_DNA_SaturationFraction"] == pytest.approx(0.25)

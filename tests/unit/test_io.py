@@ -88,3 +88,36 @@ def test_read_image_zarr_flat_index():
 def test_write_json_replaces_nan(tmp_path):
     io.write_json({"a": float("nan"), "b": np.float32(2.0), "c": [1, np.int64(2)]}, tmp_path / "x.json")
     assert (tmp_path / "x.json").read_text().replace(" ", "").replace("\n", "") == '{"a":null,"b":2.0,"c":[1,2]}'
+
+
+def test_image_full_scale_from_bit_depth_and_float_range():
+    assert io.image_full_scale(np.zeros(4, np.uint8)) == 255
+    assert io.image_full_scale(np.zeros(4, np.uint16)) == 65535
+    assert io.image_full_scale(np.zeros(4, np.uint16), bit_depth=12) == 4095
+    assert io.image_full_scale(np.array([0.2, 1.0], np.float32)) == 1.0
+    assert io.image_full_scale(np.array([10.0, 3000.0], np.float32)) == 4095
+    assert io.image_full_scale(np.array([10.0, 4095.0], np.float32)) == 4095
+    assert io.image_full_scale(np.array([10.0, 40000.0], np.float32)) == 65535
+    assert io.image_dtype_max(np.array([10.0, 3000.0], np.float32)) == 4095  # features' dtype scaling too
+
+
+def test_read_image_header_without_decoding(tmp_path):
+    tifffile.imwrite(tmp_path / "u8.tif", np.zeros((8, 9), np.uint8))
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((5, 8, 8), np.uint16), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "f.tif", np.zeros((8, 8), np.float32))
+    h = io.read_image_header(tmp_path / "u8.tif")
+    assert (h.dtype, h.bit_depth, h.shape, h.planes) == ("uint8", 8, (8, 9), 1)
+    h = io.read_image_header(tmp_path / "z.tif")
+    assert (h.dtype, h.bit_depth, h.planes) == ("uint16", 16, 5)
+    assert io.read_image_header(tmp_path / "f.tif").is_float
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(InputDataError, match="bad.tif: cannot read image header"):
+        io.read_image_header(tmp_path / "bad.tif")
+
+
+def test_read_image_z_max_frame_and_3d_hint(tmp_path):
+    stack = np.random.default_rng(0).integers(0, 999, (4, 8, 8)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "z.tif", stack, photometric="minisblack")
+    assert np.array_equal(io.read_image(tmp_path / "z.tif", io.z_max_frame()), stack.max(axis=0))
+    with pytest.raises(InputDataError, match="a z-stack needs `ingest.z_projection: max`"):
+        io.read_image(tmp_path / "z.tif")
