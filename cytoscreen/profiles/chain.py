@@ -1,13 +1,16 @@
-"""The profiles chain as one function: normalize -> select features (-> spherize) -> consensus.
+"""The profiles chain as one function: normalize -> select features (-> spherize -> PCA -> Harmony)
+-> consensus.
 
-The MoA benchmark runs it on the BBBC021 well profiles (treatments = compound x concentration,
-negcon = DMSO); the workflow runs the same steps as separate CLI calls.
+The MoA benchmarks run it on well profiles (BBBC021: treatments = compound x concentration, negcon
+= DMSO); the workflow runs the same steps as separate CLI calls, configured by the same
+``profiles:`` keys (:meth:`TransformSettings.from_config`).  Feature selection is optional
+(``operations=()``), and so is each operation in it, such as ``correlation_threshold``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -15,8 +18,8 @@ import pandas as pd
 from cytoscreen import io
 from cytoscreen.profiles.consensus import DEFAULT_CONSENSUS_BY, consensus
 from cytoscreen.profiles.normalize import normalize
-from cytoscreen.profiles.normalize import spherize as spherize_profiles
 from cytoscreen.profiles.select import DEFAULT_OPERATIONS, feature_select
+from cytoscreen.profiles.transforms import TransformSettings, transform_profiles
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class ProfileChainResult:
     feature_selected: pd.DataFrame
     consensus: pd.DataFrame
     selection: Mapping[str, Any] = field(default_factory=dict)
+    #: the fit of every transform that ran (spherize, pca, harmony), by name
+    fits: Mapping[str, Any] = field(default_factory=dict)
 
 
 def profile_chain(
@@ -45,6 +50,7 @@ def profile_chain(
     epsilon: float = 1e-18,
     spherize_epsilon: float = 1e-6,
     select_options: Mapping[str, Any] | None = None,
+    transforms: TransformSettings | Mapping[str, Any] | None = None,
 ) -> ProfileChainResult:
     """Normalize per ``by`` group against the reference, select features on the whole table,
     optionally spherize on the reference rows of the whole table, and build consensus profiles.
@@ -57,11 +63,15 @@ def profile_chain(
         See :func:`cytoscreen.profiles.normalize.normalize`.  ``reference="negcon"`` on a table
         without ``Metadata_pert_type`` uses its DMSO rows.
     operations, select_options
-        Feature selection operations and further keyword options of
+        Feature selection operations (``()`` selects nothing) and further keyword options of
         :func:`cytoscreen.profiles.select.feature_select` (e.g. ``{"corr_threshold": 0.95}``).
     spherize
         ``None`` (default) or a method of :data:`cytoscreen.profiles.normalize.SPHERIZE_METHODS`,
-        fitted on the reference rows after feature selection.
+        fitted on the reference rows after feature selection (ignored when ``transforms`` is given).
+    transforms
+        The transforms after selection (:class:`~cytoscreen.profiles.transforms.TransformSettings`,
+        or a mapping of ``profiles:`` keys such as ``{"spherize": "ZCA", "spherize_epsilon": 0.1,
+        "pca_components": 0.99, "harmony": True}``); the reference settings of this call apply.
     consensus_method, consensus_by
         See :func:`cytoscreen.profiles.consensus.consensus`; the default treatment columns fall
         back to ``Metadata_Compound``/``Metadata_Concentration`` when absent.
@@ -86,20 +96,26 @@ def profile_chain(
         **dict(select_options or {}),
     )
     selected = selection.profiles
-    if spherize is not None:
-        selected = spherize_profiles(
-            selected,
-            method=spherize,
-            reference=reference,
-            reference_column=reference_column,
-            reference_value=reference_value,
-            epsilon=spherize_epsilon,
-            source="spherize",
-        )
+    if transforms is None:
+        settings = TransformSettings(spherize=spherize, spherize_epsilon=spherize_epsilon)
+    elif isinstance(transforms, TransformSettings):
+        settings = transforms
+    else:
+        settings = TransformSettings.from_config(transforms)
+    # the reference rows of this call (a name, a query or a row mask) are the transforms' too
+    settings = replace(
+        settings, reference=reference, reference_column=reference_column,
+        reference_value=reference_value,
+    )
+    fits: dict[str, Any] = {}
+    if settings.enabled:
+        done = transform_profiles(selected, settings, source="transform")
+        selected, fits = done.profiles, done.fits
     cons = consensus(selected, method=consensus_method, by=consensus_by, source="consensus")
     return ProfileChainResult(
         normalized=normalized,
         feature_selected=selected,
         consensus=cons,
         selection=selection.record(),
+        fits=fits,
     )

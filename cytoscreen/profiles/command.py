@@ -102,6 +102,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         _option(p, "--reference-value", "reference_value", d,
                 "value of --reference-col marking reference rows, e.g. DMSO")
 
+    def transform_options(p: argparse.ArgumentParser) -> None:  # profiles/transforms.py
+        _option(p, "--pca-components", "pca_components", d, "PCA after selection (and spherize): "
+                "a count, or a variance fraction below 1 ('none' = off)", type=float, null="none")
+        _option(p, "--pca-reference", "pca_reference", d, "rows PCA is fitted on: all or negcon")
+        _option(p, "--harmony", "harmony", d, "Harmony batch correction after spherize and PCA "
+                "(needs harmonypy)", type=bool, metavar=None)
+        _option(p, "--harmony-batch", "harmony_batch", d, "batch column(s) Harmony mixes",
+                nargs="+", metavar="COL")
+        _option(p, "--harmony-theta", "harmony_theta", d, "Harmony diversity penalty", type=float)
+        _option(p, "--harmony-sigma", "harmony_sigma", d, "Harmony clustering bandwidth",
+                type=float)
+        _option(p, "--harmony-clusters", "harmony_clusters", d, "Harmony clusters ('none' = "
+                "min(rows / 30, 100))", type=int, null="none")
+        _option(p, "--harmony-max-iter", "harmony_max_iter", d, "most Harmony iterations", type=int)
+
     p = action("aggregate", "site (or cell) rows to wells: median or mean, QC-failed sites left out")
     _option(p, "--method", "aggregate_method", d, "statistic", choices=AGGREGATE_METHODS)
     _option(p, "--by", "aggregate_by", d, "group columns", nargs="*", metavar="COL")
@@ -156,6 +171,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _option(p, "--spherize", "spherize", d, "whiten the selected features on the reference rows "
             "of the whole table ('none' = off)", choices=(*SPHERIZE_METHODS, "none"), null="none")
     _option(p, "--spherize-epsilon", "spherize_epsilon", d, "spherize regularizer", type=float)
+    transform_options(p)
     reference_options(p)
     p.add_argument("--selection", default=None, metavar="JSON",
                    help="apply the kept features of a saved <name>.selection.json instead of "

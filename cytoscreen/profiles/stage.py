@@ -212,8 +212,8 @@ def _normalize(table, opts, source):
 
 
 def _select(table, opts, output, source, blocklist_file, selection):
-    from cytoscreen.profiles.normalize import spherize
     from cytoscreen.profiles.select import apply_selection, feature_select
+    from cytoscreen.profiles.transforms import TransformSettings, transform_profiles, write_fits
 
     json_path, tsv_path = selection_paths(output)
     if selection:
@@ -244,11 +244,12 @@ def _select(table, opts, output, source, blocklist_file, selection):
         out = chosen.profiles
         record = chosen.record()
         io.write_table(chosen.table(), tsv_path)
-    if opts["spherize"]:
-        sph = {"method": opts["spherize"], **_reference_params(opts), "epsilon": opts["spherize_epsilon"]}
-        out = spherize(out, **sph, source=source)
-        params["spherize"] = sph
-        record["spherize"] = sph
+    post = TransformSettings.from_config(opts)
+    if post.enabled:  # spherize -> pca -> harmony, each fit saved beside the output
+        result = transform_profiles(out, post, source=source)
+        out = result.profiles
+        params["transforms"] = post.record()
+        record.update(write_fits(result, output))
     io.write_json(record, json_path)
     logger.info("wrote %s", json_path)
     return out, params

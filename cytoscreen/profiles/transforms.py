@@ -1,0 +1,154 @@
+"""The screen-level transforms after feature selection: sphering, PCA, Harmony, in that order.
+
+Each is off unless its ``profiles:`` key turns it on, so a chain is chosen in config alone:
+
+``spherize`` (a method, or null)
+    :func:`cytoscreen.profiles.sphering.sphere`: whitening fitted on the reference rows (negcon)
+    of the whole screen, regularised by ``spherize_epsilon`` (TVN, JUMP's sphering).
+``pca_components`` (a count, a variance fraction below 1, or null)
+    :func:`cytoscreen.profiles.pca.pca`, fitted on ``pca_reference`` rows (``all`` or ``negcon``).
+``harmony`` (boolean)
+    :func:`cytoscreen.profiles.harmony.harmony` across ``harmony_batch`` (plates by default), with
+    ``harmony_theta``, ``harmony_sigma``, ``harmony_clusters`` and ``harmony_max_iter``.
+
+The order is the usual one: whitening on controls first (it needs the selected features), PCA to
+a low dimension, then Harmony on the components.  Every fit is kept; :func:`write_fits` saves each
+as ``<output stem>.<operation>.json`` (settings and summary) and ``.parquet`` (per-feature
+statistics) beside the output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cytoscreen import io
+from cytoscreen.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: The transforms in the order they run.
+TRANSFORMS = ("spherize", "pca", "harmony")
+
+
+@dataclass(frozen=True)
+class TransformSettings:
+    """Which transforms run and their settings (the ``profiles:`` keys of the same names)."""
+
+    spherize: str | None = None
+    spherize_epsilon: float = 1e-6
+    pca_components: float | int | None = None
+    pca_reference: str = "all"
+    harmony: bool = False
+    harmony_batch: tuple[str, ...] = (io.PLATE,)
+    harmony_theta: float = 2.0
+    harmony_sigma: float = 0.1
+    harmony_clusters: int | None = None
+    harmony_max_iter: int = 10
+    #: the control rows: a ``reference_mask`` rule (``negcon``, a query) or, from Python, a row mask
+    reference: str | pd.Series | np.ndarray = "negcon"
+    reference_column: str | None = None
+    reference_value: str | Sequence[str] | None = None
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> TransformSettings:
+        """Settings from a (validated) ``profiles:`` section; absent keys keep their defaults."""
+        names = {f for f in cls.__dataclass_fields__}
+        values = {k: section[k] for k in names if k in section}
+        if "harmony_batch" in values:
+            batch = values["harmony_batch"]
+            values["harmony_batch"] = (batch,) if isinstance(batch, str) else tuple(batch)
+        return cls(**values)
+
+    @property
+    def enabled(self) -> list[str]:
+        """The transforms that run, in order."""
+        on = {"spherize": self.spherize is not None, "pca": self.pca_components is not None,
+              "harmony": bool(self.harmony)}
+        return [t for t in TRANSFORMS if on[t]]
+
+    def record(self) -> dict[str, Any]:
+        rec = asdict(self)
+        rec["harmony_batch"] = list(self.harmony_batch)
+        if not isinstance(self.reference, str):
+            rec["reference"] = "the given reference rows"
+        rec["enabled"] = self.enabled
+        return rec
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """The transformed table and the fit of every transform that ran (by name, in order)."""
+
+    profiles: pd.DataFrame
+    fits: dict[str, Any] = field(default_factory=dict)
+
+
+def transform_profiles(
+    profiles: pd.DataFrame,
+    settings: TransformSettings,
+    *,
+    features: Sequence[str] | None = None,
+    source: str = "profiles",
+) -> TransformResult:
+    """Run the enabled transforms in order (module docstring); the table is returned unchanged when
+    none is enabled."""
+    out, fits = profiles, {}
+    ref = {"reference_column": settings.reference_column, "reference_value": settings.reference_value}
+    for name in settings.enabled:
+        feats = features if not fits else None  # later steps see the previous step's columns
+        if name == "spherize":
+            from cytoscreen.profiles.sphering import sphere
+
+            out, fits[name] = sphere(
+                out, features=feats, method=settings.spherize, reference=settings.reference,
+                epsilon=settings.spherize_epsilon, source=source, **ref,
+            )
+        elif name == "pca":
+            from cytoscreen.profiles.pca import pca
+
+            # pca_reference negcon means the control rows of the reference settings
+            on_controls = settings.pca_reference == "negcon"
+            out, fits[name] = pca(
+                out, features=feats, n_components=settings.pca_components,
+                reference=settings.reference if on_controls else settings.pca_reference,
+                source=source, **(ref if on_controls else {}),
+            )
+        elif name == "harmony":
+            from cytoscreen.profiles.harmony import harmony
+
+            out, fits[name] = harmony(
+                out, features=feats, batch=settings.harmony_batch, theta=settings.harmony_theta,
+                sigma=settings.harmony_sigma, n_clusters=settings.harmony_clusters,
+                max_iter=settings.harmony_max_iter, source=source,
+            )
+        else:  # pragma: no cover - TRANSFORMS is closed
+            raise ConfigError(f"unknown transform {name!r}")
+    return TransformResult(out, fits)
+
+
+def fit_paths(output: str | Path, name: str) -> tuple[Path, Path]:
+    """``<stem>.<name>.json`` and ``<stem>.<name>.parquet`` beside ``output``."""
+    base = Path(output)
+    stem = base.name[: -len(base.suffix)] if base.suffix else base.name
+    return base.with_name(f"{stem}.{name}.json"), base.with_name(f"{stem}.{name}.parquet")
+
+
+def write_fits(result: TransformResult, output: str | Path) -> dict[str, dict[str, Any]]:
+    """Save every fit beside ``output`` (see :func:`fit_paths`); returns the records by name, each
+    with the paths it was written to."""
+    records = {}
+    for name, fit in result.fits.items():
+        json_path, table_path = fit_paths(output, name)
+        rec = {**fit.record(), "statistics": str(table_path)}
+        io.write_table(fit.table(), table_path)
+        io.write_json(rec, json_path)
+        logger.info("wrote %s and %s", json_path, table_path)
+        records[name] = rec
+    return records
