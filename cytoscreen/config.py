@@ -1,13 +1,16 @@
-"""Loading and validating the workflow config and the plate table outside Snakemake.
+"""Loading and validating the workflow config and the plate table, in Snakemake and in the CLI.
 
-The schemas in ``workflow/schemas/`` are the single source of defaults; Snakemake's ``validate``
-fills them in for the workflow and :func:`load_config` does the same for direct CLI use, so a
-stage run by hand sees exactly the settings the workflow would give it.
+The schemas in ``cytoscreen/schemas/`` (package data; ``workflow/schemas`` links to them) are the
+single source of defaults.  The workflow (``workflow/rules/common.smk``) calls
+:func:`prepare_workflow` and :func:`load_config` does the same for direct CLI use, so a stage run by
+hand sees exactly the settings the workflow would give it.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -28,7 +31,7 @@ SCHEMA_NAMES = ("config", "plates", "platemap")
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
-    """Return the parsed ``workflow/schemas/<name>.schema.yaml``."""
+    """Return the parsed ``cytoscreen/schemas/<name>.schema.yaml``."""
     if name not in SCHEMA_NAMES:
         raise ValueError(f"unknown schema {name!r}")
     ref = resources.files("cytoscreen").joinpath("schemas", f"{name}.schema.yaml")
@@ -56,12 +59,22 @@ def validate(data: dict[str, Any], schema: Mapping[str, Any], *, source: str) ->
     import jsonschema
 
     cls = _extend_with_default(jsonschema.Draft202012Validator)
-    errors = sorted(cls(schema).iter_errors(data), key=lambda e: list(e.path))
+    errors = sorted(cls(schema).iter_errors(data), key=lambda e: [str(p) for p in e.path])
     if errors:
-        err = errors[0]
-        where = ".".join(str(p) for p in err.path) or "(top level)"
-        raise ConfigError(f"{source}: {where}: {err.message}")
+        raise ConfigError(f"{source}: {_error_message(errors[0])}")
     return data
+
+
+def _error_message(err) -> str:
+    """``<dotted key>: <what is wrong>``; an unknown key is named with the keys its section knows."""
+    where = ".".join(str(p) for p in err.path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+        known = sorted(err.schema.get("properties", {}))
+        unknown = sorted(str(k) for k in err.instance if k not in known)
+        keys = ", ".join(f"{where}.{k}" if where else k for k in unknown)
+        section = f"the {where} section" if where else "the config"
+        return f"unknown key {keys}; {section} knows: {', '.join(known)}"
+    return f"{where or '(top level)'}: {err.message}"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -132,12 +145,66 @@ def plate_info(config: Mapping[str, Any], plate: str) -> dict[str, str]:
     return table.loc[plate].to_dict()
 
 
+def section_digest(config: Mapping[str, Any], *keys: str, extra: Any = None) -> str:
+    """A short hash of the config sections ``keys`` (and ``extra``), for a rule's params.
+
+    Snakemake reruns a job when one of its params changed, so a rule that passes the digest of the
+    sections its command reads reruns exactly when one of their values changes.
+    """
+    payload = {key: _plain(config.get(key)) for key in keys}
+    if extra is not None:
+        payload["_extra"] = _plain(extra)
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_layouts(config: Mapping[str, Any], plates: pd.DataFrame) -> None:
+    """Every plate's ``layout`` is built in or named under ``layouts:``; else a ConfigError naming the row."""
+    from cytoscreen.ingest.layouts import resolve_layout
+
+    for row, (plate, layout) in enumerate(zip(plates["plate"], plates["layout"], strict=True), start=2):
+        try:
+            resolve_layout(layout, config.get("layouts"))
+        except ConfigError as err:
+            raise ConfigError(f"{config['plates']} row {row} (plate {plate}): {err}") from None
+
+
+def check_backbones(config: Mapping[str, Any]) -> None:
+    """``features.backbone`` (and ``segment.crops.backbone`` when crops are embedded) are known backbones."""
+    keys = [("features.backbone", config["features"]["backbone"])]
+    crops = config["segment"]["crops"]
+    if config["segment"]["enabled"] and crops["enabled"] and crops["embed"] and crops["backbone"]:
+        keys.append(("segment.crops.backbone", crops["backbone"]))
+    from cytoscreen.backbones import backbone_spec
+
+    for key, name in keys:
+        try:
+            backbone_spec(name)
+        except ConfigError as err:
+            raise ConfigError(f"{key}: {err}") from None
+
+
+def prepare_workflow(config: dict[str, Any], *, source: str) -> pd.DataFrame:
+    """What the workflow checks when it is parsed: returns the plate table.
+
+    ``config`` (Snakemake's) is validated in place against the schema, which fills in every
+    default; the plate table is read and each plate's layout and the configured backbones are
+    checked, so a name that does not exist is reported before any job runs.
+    """
+    validate(config, load_schema("config"), source=source)
+    plates = load_plates(config["plates"])
+    check_layouts(config, plates)
+    check_backbones(config)
+    return plates
+
+
 def write_resolved_config(config: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Write the validated config (defaults filled in) to ``path`` if its content changed.
 
-    The workflow passes this file to every ``cytoscreen`` call, so a stage run by Snakemake sees
-    exactly the settings Snakemake validated, including ``--config key=value`` overrides.  The file
-    is rewritten only when its content differs, so its modification time does not trigger reruns.
+    The workflow writes this file in its ``resolved_config`` job (never when the workflow is
+    parsed, so a dry run writes nothing) and passes it to every ``cytoscreen`` call, so a stage run
+    by Snakemake sees exactly the settings Snakemake validated, including ``--config key=value``
+    overrides.  The file is rewritten only when its content differs.
     """
     from cytoscreen.io import write_text
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny synthetic plates and config files in tmp folders."""
+"""Shared fixtures: tiny synthetic plates and config files in tmp folders.
+
+Hand-built tables for one stage live in ``tests/fixtures/<stage>.py`` (imported by its tests); the
+report screen fixture there is registered for every test module below.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import pytest
 import yaml
 
 from cytoscreen.synth import default_settings, synth_screen
+
+pytest_plugins = ["tests.fixtures.report"]
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from cytoscreen.cli import main
-from tests.unit.report_fixtures import PageParser, chromium, external_references, report_screen  # noqa: F401
+from tests.fixtures.report import PageParser, chromium, external_references
 
 pytestmark = pytest.mark.skipif(
     chromium() is None,
@@ -100,7 +100,7 @@ def console_messages(log: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reports(report_screen, tmp_path_factory) -> Path:  # noqa: F811
+def reports(report_screen, tmp_path_factory) -> Path:
     r = report_screen
     out = tmp_path_factory.mktemp("browser_reports")
     for plate in ("SYN001", "SYN002"):

@@ -13,7 +13,7 @@ from cytoscreen import backbones as bb
 from cytoscreen import cli, io
 from cytoscreen.backbones import efficientnet_lite, weights
 from cytoscreen.errors import ConfigError, ModelError
-from tests.unit.features_fixtures import CHELSEA
+from tests.fixtures.features import CHELSEA
 
 
 def test_registry_lists_builtin_backbones():

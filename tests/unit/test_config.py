@@ -72,9 +72,62 @@ def test_resolved_config_rewritten_only_on_change(tmp_path):
     assert load_config(path) == cfg
 
 
-def test_schema_enums_match_code():
-    from cytoscreen.ingest.layouts import BUILTIN_LAYOUTS
+#: schema key (dotted; `[]` for array items) -> the code's tuple constant ("module:NAME") that the
+#: function, argparse `choices=` and the schema `enum` share.
+ENUM_CONSTANTS = {
+    "config:features.scaling": "cytoscreen.features.preprocess:SCALING_METHODS",
+    "config:features.spatial": "cytoscreen.features.preprocess:SPATIAL_MODES",
+    "config:features.accelerator": "cytoscreen.compute:ACCELERATORS",
+    "config:features.precision": "cytoscreen.features.embed:PRECISIONS",
+    "config:profiles.aggregate_method": "cytoscreen.profiles.aggregate:AGGREGATE_METHODS",
+    "config:profiles.normalize_method": "cytoscreen.profiles.normalize:NORMALIZE_METHODS",
+    "config:profiles.spherize_method": "cytoscreen.profiles.normalize:SPHERIZE_METHODS",
+    "config:profiles.spherize": "cytoscreen.profiles.normalize:SPHERIZE_METHODS",
+    "config:profiles.select_operations.[]": "cytoscreen.profiles.select:SELECT_OPERATIONS",
+    "config:profiles.corr_method": "cytoscreen.profiles.select:CORRELATION_METHODS",
+    "config:profiles.consensus_method": "cytoscreen.profiles.consensus:CONSENSUS_METHODS",
+    "config:profiles.modz_method": "cytoscreen.profiles.consensus:MODZ_CORRELATIONS",
+    "config:novelty.site_aggregate": "cytoscreen.novelty.settings:SITE_AGGREGATES",
+    "config:moa.cluster_method": "cytoscreen.moa.cluster:CLUSTER_METHODS",
+    "config:report.thumbnail_format": "cytoscreen.report.settings:THUMBNAIL_FORMATS",
+    "config:report.thumbnail_stretch": "cytoscreen.report.settings:THUMBNAIL_STRETCHES",
+    "config:segment.accelerator": "cytoscreen.compute:ACCELERATORS",
+    "config:segment.crops.scaling": "cytoscreen.segment.crops:SCALING_METHODS",
+    "platemap:pert_type": "cytoscreen.io:PERT_TYPES",
+}
 
-    schema = load_schema("config")
-    assert re.search("imagexpress", schema["properties"]["layouts"]["description"])
-    assert set(BUILTIN_LAYOUTS) >= {"imagexpress", "phenix", "operetta", "cellprofiler"}
+
+def _enums(node: dict, path: str = "") -> dict[str, list]:
+    out = {}
+    if "enum" in node:
+        out[path] = node["enum"]
+    for key, sub in node.get("properties", {}).items():
+        out.update(_enums(sub, f"{path}.{key}" if path else key))
+    if isinstance(node.get("items"), dict):
+        out.update(_enums(node["items"], f"{path}.[]"))
+    return out
+
+
+def test_schema_enums_match_code():
+    import importlib
+
+    for key, target in ENUM_CONSTANTS.items():
+        schema_name, dotted = key.split(":")
+        enum = _enums(load_schema(schema_name)).get(dotted)
+        assert enum is not None, f"{schema_name} schema has no enum at {dotted}"
+        module, name = target.split(":")
+        constant = getattr(importlib.import_module(module), name)
+        assert isinstance(constant, tuple), target
+        # null (an optional step left off) is the schema's own extra choice
+        assert [v for v in enum if v is not None] == list(constant), f"{key} enum {enum} != {target} {constant}"
+
+
+def test_layout_names_match_code():
+    from cytoscreen.ingest.layouts import BUILTIN_LAYOUTS, ZARR_LAYOUT
+
+    builtin = sorted({*BUILTIN_LAYOUTS, ZARR_LAYOUT})
+    described = load_schema("plates")["properties"]["layout"]["description"]
+    named = sorted(set(re.findall(r"\b(" + "|".join(builtin) + r")\b", described)))
+    assert named == builtin, f"plates.schema.yaml layout description names {named}, the code has {builtin}"
+    layouts = load_schema("config")["properties"]["layouts"]["description"]
+    assert sorted(set(re.findall(r"\b(" + "|".join(builtin) + r")\b", layouts))) == builtin

@@ -11,7 +11,7 @@ import yaml
 
 from cytoscreen import cli, io
 from cytoscreen.config import load_schema
-from tests.unit.features_fixtures import make_plate, write_tables
+from tests.fixtures.features import make_plate, write_tables
 
 
 @pytest.fixture()

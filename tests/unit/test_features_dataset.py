@@ -11,7 +11,7 @@ from cytoscreen import io
 from cytoscreen.errors import InputDataError
 from cytoscreen.features import preprocess as pp
 from cytoscreen.features.dataset import SiteDataset, build_site_table, fit_reference
-from tests.unit.features_fixtures import make_plate
+from tests.fixtures.features import make_plate
 
 
 @pytest.fixture()

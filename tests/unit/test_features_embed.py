@@ -22,7 +22,7 @@ from cytoscreen.features.embed import (
     extract_features,
     feature_names,
 )
-from tests.unit.features_fixtures import jump_tables, make_plate
+from tests.fixtures.features import jump_tables, make_plate
 
 TINY = FeatureSettings(backbone="test_tiny", num_workers=0, batch_size=3, accelerator="cpu")
 

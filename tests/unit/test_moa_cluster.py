@@ -18,7 +18,7 @@ from cytoscreen.moa.similarity import (
     treatment_profiles,
 )
 from cytoscreen.plate import format_treatment as treatment_label
-from tests.unit.moa_fixtures import synthetic_treatments, synthetic_wells
+from tests.fixtures.moa import synthetic_treatments, synthetic_wells
 
 
 def test_cosine_similarity_values_and_zero_rows():

@@ -12,7 +12,7 @@ from cytoscreen import io
 from cytoscreen.cli import main
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.moa.evaluate import derive_batches, evaluate_profiles, negcon_wells
-from tests.unit.moa_fixtures import rename_for_evaluate, synthetic_wells
+from tests.fixtures.moa import rename_for_evaluate, synthetic_wells
 
 EXACT_CALL = [
     "--moa-col",

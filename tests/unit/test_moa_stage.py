@@ -13,7 +13,7 @@ from cytoscreen import io
 from cytoscreen.cli import main
 from cytoscreen.moa.similarity import treatment_profiles
 from cytoscreen.moa.stage import cluster_agreement, moa_table
-from tests.unit.moa_fixtures import synthetic_wells
+from tests.fixtures.moa import synthetic_wells
 
 
 @pytest.fixture(scope="module")

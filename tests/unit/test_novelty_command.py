@@ -18,15 +18,17 @@ from cytoscreen import io
 from cytoscreen.cli import main
 from cytoscreen.io import (
     NOVELTY_HIT,
+    NOVELTY_PLATE_ZPRIME,
     NOVELTY_PVALUE,
     NOVELTY_QVALUE,
+    NOVELTY_ROBUST_Z,
     NOVELTY_SCORE,
     NOVELTY_SPLIT,
     PERT_TYPE,
     PLATE,
     WELL,
 )
-from tests.unit.novelty_fixtures import synthetic_wells
+from tests.fixtures.novelty import synthetic_wells
 
 torch.set_num_threads(1)
 # this machine may have srun installed without being a SLURM job; Lightning then hints at srun
@@ -43,7 +45,7 @@ def _write_config(path: Path, **trainer) -> Path:
 
 
 def _auroc(novelty: pd.DataFrame) -> float:
-    sel = (novelty[NOVELTY_SPLIT] == "calibration") | (novelty[PERT_TYPE] == "trt")
+    sel = (novelty[NOVELTY_SPLIT] == "crossfit") | (novelty[PERT_TYPE] == "trt")
     return roc_auc_score(novelty.loc[sel, PERT_TYPE] == "trt", novelty.loc[sel, NOVELTY_SCORE])
 
 
@@ -70,27 +72,36 @@ def test_train_and_score_write_the_documented_outputs(trained):
     assert sorted(p.name for p in out.iterdir()) == [
         "model.ckpt", "model_metrics", "novelty.parquet", "residuals.parquet"
     ]  # no work folder or temp files left behind
-    assert (out / "model_metrics" / "metrics.csv").exists()
+    assert sorted(p.name for p in (out / "model_metrics").iterdir()) == [f"fold_{k}" for k in range(5)]
+    assert (out / "model_metrics" / "fold_0" / "metrics.csv").exists()
     novelty = pd.read_parquet(out / "novelty.parquet")
     meta = [c for c in wells.columns if c.startswith("Metadata_")]
     assert list(novelty.columns) == [*meta, NOVELTY_SCORE, NOVELTY_PVALUE, NOVELTY_QVALUE,
-                                     NOVELTY_HIT, NOVELTY_SPLIT]
+                                     NOVELTY_HIT, NOVELTY_SPLIT, NOVELTY_ROBUST_Z, NOVELTY_PLATE_ZPRIME]
     assert len(novelty) == len(wells) and not novelty.duplicated([PLATE, WELL]).any()
     assert novelty[NOVELTY_HIT].dtype == bool
-    assert set(novelty[NOVELTY_SPLIT]) == {"train", "val", "calibration", "none"}
+    assert set(novelty[NOVELTY_SPLIT]) == {"crossfit", "none"}
     assert _auroc(novelty) >= 0.9
+    # the controls are scored out of sample: not memorised (in-sample scores were ~1e-8)
+    ctrl = novelty[NOVELTY_SPLIT] == "crossfit"
+    assert novelty.loc[ctrl, NOVELTY_SCORE].min() > 1e-3
+    assert abs(novelty.loc[ctrl, NOVELTY_ROBUST_Z].median()) < 0.2
     residuals = pd.read_parquet(out / "residuals.parquet")
     assert list(residuals.columns) == list(wells.columns)
     assert (residuals[FEATURES].dtypes == np.float32).all()
-    np.testing.assert_allclose(
-        (residuals[FEATURES].to_numpy(np.float64) ** 2).mean(axis=1), novelty[NOVELTY_SCORE], rtol=1e-5
+    np.testing.assert_allclose(  # a control's residual is that of the one model that scored it
+        (residuals.loc[ctrl, FEATURES].to_numpy(np.float64) ** 2).mean(axis=1),
+        novelty.loc[ctrl, NOVELTY_SCORE], rtol=1e-5,
     )
     prov = io.read_provenance(out / "novelty.parquet")
     assert prov["stage"] == "novelty" and prov["checkpoint_sha256"] == io.sha256_file(out / "model.ckpt")
     assert prov["n_hits"] == int(novelty[NOVELTY_HIT].sum())
+    assert prov["n_controls"] == 128 and prov["pvalue_method"] == "gaussian"
+    assert set(prov["zprime_by_plate"]) == {"P1", "P2", "P3", "P4"}
     ckpt = torch.load(out / "model.ckpt", weights_only=True)
     assert ckpt["cytoscreen"]["stage"] == "novelty"
     assert ckpt["hyper_parameters"]["features"] == FEATURES
+    assert len(ckpt["state_dicts"]) == 5 and len(ckpt["folds"]["held_out"]) == 5
 
 
 def _error_line(capsys) -> str:
@@ -101,16 +112,48 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
-def test_too_few_control_wells_exit_4_and_no_checkpoint(tmp_path, capsys):
-    wells = synthetic_wells(n_plates=1, negcon_cols=(1, 12), seed=0)  # 16 control wells
+def test_few_control_wells_warn_and_still_score(tmp_path, capsys):
+    """16 control wells on one 96-well plate (as BBBC013): warn-free run, NaN-free scores; 2 control
+    wells: a warning, no model, NaN scores and no hits, exit 0 so MoA and reports still run."""
+    wells = synthetic_wells(n_plates=1, negcon_cols=(1, 12), shift=3.0, seed=0)  # 16 control wells
     io.write_parquet(wells, tmp_path / "wells.parquet")
     cfg = _write_config(tmp_path / "config.yaml")
-    rc = main(["novelty", "train", str(tmp_path / "wells.parquet"), "--config", str(cfg),
-               "--out", str(tmp_path / "model.ckpt")])
-    assert rc == 4
-    line = _error_line(capsys)
-    assert "too few control wells: 16 well(s)" in line and "calibration 5 < 8" in line
-    assert not (tmp_path / "model.ckpt").exists()
+    args = ["--config", str(cfg)]
+    assert main(["novelty", "train", str(tmp_path / "wells.parquet"), *args,
+                 "--out", str(tmp_path / "model.ckpt")]) == 0
+    assert main(["novelty", "score", str(tmp_path / "wells.parquet"), "--checkpoint",
+                 str(tmp_path / "model.ckpt"), *args, "--out", str(tmp_path / "novelty.parquet")]) == 0
+    novelty = pd.read_parquet(tmp_path / "novelty.parquet")
+    assert (novelty[NOVELTY_SPLIT] == "crossfit").sum() == 16 and novelty[NOVELTY_SCORE].notna().all()
+    assert novelty.loc[novelty[NOVELTY_SPLIT] == "none", NOVELTY_QVALUE].notna().all()
+
+    few = wells[(wells[PERT_TYPE] == "trt") | wells[WELL].isin(["A01", "B01"])]
+    io.write_parquet(few, tmp_path / "few.parquet")
+    assert main(["novelty", "train", str(tmp_path / "few.parquet"), *args,
+                 "--out", str(tmp_path / "few.ckpt")]) == 0
+    assert "only 2 negcon control well(s)" in capsys.readouterr().err
+    assert main(["novelty", "score", str(tmp_path / "few.parquet"), "--checkpoint",
+                 str(tmp_path / "few.ckpt"), *args, "--out", str(tmp_path / "few_novelty.parquet")]) == 0
+    out = pd.read_parquet(tmp_path / "few_novelty.parquet")
+    assert len(out) == len(few) and out[NOVELTY_SCORE].isna().all() and not out[NOVELTY_HIT].any()
+
+
+def test_threads_flag_overrides_the_config(tmp_path, monkeypatch):
+    from cytoscreen.novelty import command
+
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"novelty": {"threads": 3}}))
+    parser = __import__("argparse").ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    _, settings = command._settings(parser.parse_args(["novelty", "score", "t.parquet", "--checkpoint",
+                                                       "m.ckpt", "--out", "o.parquet", "--config", str(cfg)]))
+    assert settings.threads == 3 and seen == [3]
+    _, settings = command._settings(parser.parse_args(["novelty", "score", "t.parquet", "--checkpoint",
+                                                       "m.ckpt", "--out", "o.parquet", "--config", str(cfg),
+                                                       "--threads", "1"]))
+    assert settings.threads == 1 and seen == [3, 1]
 
 
 def test_nan_features_exit_4(tmp_path, capsys):
@@ -144,7 +187,7 @@ def test_missing_or_foreign_checkpoint_exit_5(trained, tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     rc = main(["novelty", "score", table, "--checkpoint", str(tmp_path / "foreign.ckpt"),
                "--out", str(tmp_path / "n.parquet")])
-    assert rc == 5 and "not a cytoscreen novelty checkpoint" in _error_line(capsys)
+    assert rc == 5 and "not a cross-fitted cytoscreen novelty checkpoint" in _error_line(capsys)
 
 
 def test_bad_trainer_settings_exit_3(trained, tmp_path, capsys):
@@ -176,8 +219,8 @@ def test_ddp_on_two_cpu_processes_matches_one_device(trained, tmp_path):
     assert rc == 0
     ddp = pd.read_parquet(tmp_path / "novelty.parquet")
     one = pd.read_parquet(trained["out"] / "novelty.parquet")
-    assert ddp[NOVELTY_SPLIT].equals(one[NOVELTY_SPLIT])  # same seeded split on every rank
+    assert ddp[NOVELTY_SPLIT].equals(one[NOVELTY_SPLIT])  # same seeded folds on every rank
     assert _auroc(ddp) >= 0.9 and _auroc(one) >= 0.9
-    cal_ddp = ddp.loc[ddp[NOVELTY_SPLIT] == "calibration", NOVELTY_SCORE].median()
-    cal_one = one.loc[one[NOVELTY_SPLIT] == "calibration", NOVELTY_SCORE].median()
+    cal_ddp = ddp.loc[ddp[NOVELTY_SPLIT] == "crossfit", NOVELTY_SCORE].median()
+    cal_one = one.loc[one[NOVELTY_SPLIT] == "crossfit", NOVELTY_SCORE].median()
     assert 0.5 < cal_ddp / cal_one < 2.0, (cal_ddp, cal_one)

@@ -23,7 +23,7 @@ from cytoscreen.novelty.data import NoveltySplit
 from cytoscreen.novelty.model import NoveltyAutoencoder, load_checkpoint
 from cytoscreen.novelty.score import score_profiles
 from cytoscreen.novelty.train import build_trainer, train
-from tests.unit.novelty_fixtures import novelty_config, synthetic_wells, to_sites
+from tests.fixtures.novelty import novelty_config, synthetic_wells, to_sites
 
 torch.set_num_threads(1)
 # this machine may have srun installed without being a SLURM job; Lightning then hints at srun

@@ -14,7 +14,7 @@ from cytoscreen.profiles import aggregate
 from cytoscreen.profiles.aggregate import join_qc
 from cytoscreen.profiles.columns import N_SITES_QC_FAILED
 from cytoscreen.profiles.groups import group_reduce
-from tests.unit.profiles_fixtures import synthetic_sites
+from tests.fixtures.profiles import synthetic_sites
 
 
 def tiny_sites() -> pd.DataFrame:

@@ -8,7 +8,7 @@ import pandas as pd
 from cytoscreen import io
 from cytoscreen.profiles import consensus, feature_select, normalize
 from cytoscreen.profiles.chain import ProfileChainResult, profile_chain
-from tests.unit.profiles_fixtures import bbbc021_wells, synthetic_wells
+from tests.fixtures.profiles import bbbc021_wells, synthetic_wells
 
 
 def test_chain_on_bbbc021_equals_the_steps():

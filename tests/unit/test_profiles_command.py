@@ -19,7 +19,7 @@ from cytoscreen.profiles import (
     SPHERIZE_METHODS,
     normalize,
 )
-from tests.unit.profiles_fixtures import bbbc021_wells, synthetic_sites, synthetic_wells
+from tests.fixtures.profiles import bbbc021_wells, synthetic_sites, synthetic_wells
 
 
 @pytest.fixture()

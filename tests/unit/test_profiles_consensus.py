@@ -11,7 +11,7 @@ from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.io import N_WELLS
 from cytoscreen.profiles import consensus
 from cytoscreen.profiles.consensus import modz_weights
-from tests.unit.profiles_fixtures import bbbc021_wells, synthetic_wells
+from tests.fixtures.profiles import bbbc021_wells, synthetic_wells
 
 
 def wells() -> pd.DataFrame:

@@ -12,7 +12,7 @@ from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.profiles import NORMALIZE_METHODS, normalize
 from cytoscreen.profiles.normalize import fit_spherize
-from tests.unit.profiles_fixtures import bbbc021_wells, synthetic_wells
+from tests.fixtures.profiles import bbbc021_wells, synthetic_wells
 
 
 def well_table() -> pd.DataFrame:

@@ -18,7 +18,7 @@ import pytest
 from cytoscreen import io
 from cytoscreen.profiles import aggregate, consensus, feature_select, normalize
 from cytoscreen.profiles.normalize import fit_spherize
-from tests.unit.profiles_fixtures import (
+from tests.fixtures.profiles import (
     BBBC021_META,
     DMSO_QUERY,
     NEGCON_QUERY,

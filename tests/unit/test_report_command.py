@@ -3,7 +3,7 @@
 import pytest
 
 from cytoscreen.cli import main
-from tests.unit.report_fixtures import PageParser, external_references, report_screen  # noqa: F401
+from tests.fixtures.report import PageParser, external_references
 
 
 def _plate_args(r, plate, out, *extra):
@@ -24,7 +24,7 @@ def _plate_args(r, plate, out, *extra):
     ]
 
 
-def test_plate_command_writes_report(report_screen, tmp_path, capsys):  # noqa: F811
+def test_plate_command_writes_report(report_screen, tmp_path, capsys):
     r = report_screen
     out = tmp_path / "reports" / "SYN001.html"
     rc = main(
@@ -38,11 +38,14 @@ def test_plate_command_writes_report(report_screen, tmp_path, capsys):  # noqa: 
             str(r.novelty),
             "--counts",
             str(r.plate("SYN001", "segmentation.parquet")),
+            "--dose",
+            str(r.dose),
         )
     )
     assert rc == 0 and out.exists()
     text = out.read_text()
     assert "Plate SYN001" in text and 'id="hm-novelty"' in text and "Stage not run" not in text
+    assert 'id="dose-table"' in text and str(r.dose) in text
     assert external_references(text) == []
     err = capsys.readouterr().err
     assert f"wrote {out}" in err and "Z' " in err
@@ -50,7 +53,7 @@ def test_plate_command_writes_report(report_screen, tmp_path, capsys):  # noqa: 
     assert str(r.novelty) in text  # inputs listed in the footer
 
 
-def test_plate_command_readout_override_and_missing_readout(report_screen, tmp_path):  # noqa: F811
+def test_plate_command_readout_override_and_missing_readout(report_screen, tmp_path):
     out = tmp_path / "p.html"
     assert (
         main(_plate_args(report_screen, "SYN001", out, "--readout", "Metadata_Actin_MeanIntensity"))
@@ -68,7 +71,7 @@ def test_plate_command_readout_override_and_missing_readout(report_screen, tmp_p
     )
 
 
-def test_plate_command_errors(report_screen, tmp_path, capsys):  # noqa: F811
+def test_plate_command_errors(report_screen, tmp_path, capsys):
     r = report_screen
     args = [
         "report",
@@ -116,7 +119,7 @@ def test_plate_command_errors(report_screen, tmp_path, capsys):  # noqa: F811
     assert err.value.code == 2
 
 
-def test_screen_command_links_and_sections(report_screen, tmp_path):  # noqa: F811
+def test_screen_command_links_and_sections(report_screen, tmp_path):
     r = report_screen
     plates_dir = tmp_path / "reports" / "plates"
     for plate in ("SYN001", "SYN002"):
@@ -159,7 +162,7 @@ def test_screen_command_links_and_sections(report_screen, tmp_path):  # noqa: F8
     assert external_references(text) == []
 
 
-def test_screen_command_defaults_to_reports_beside_index(report_screen, tmp_path, capsys):  # noqa: F811
+def test_screen_command_defaults_to_reports_beside_index(report_screen, tmp_path, capsys):
     r = report_screen
     assert main(_plate_args(r, "SYN001", tmp_path / "SYN001.html")) == 0
     out = tmp_path / "index.html"

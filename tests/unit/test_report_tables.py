@@ -12,7 +12,6 @@ from cytoscreen.report import gallery as rg
 from cytoscreen.report import tables as rt
 from cytoscreen.report import wells as rw
 from cytoscreen.report.settings import ReportSettings
-from tests.unit.report_fixtures import report_screen  # noqa: F401  (fixture)
 
 
 # --- gallery -------------------------------------------------------------------------------------
@@ -82,7 +81,7 @@ def test_gallery_hits_by_q_then_score_on_first_passing_site():
 
 
 # --- summaries -----------------------------------------------------------------------------------
-def test_plate_summary_counts(report_screen):  # noqa: F811
+def test_plate_summary_counts(report_screen):
     qc = pd.read_parquet(report_screen.plate("SYN001", "qc.parquet"))
     novelty = pd.read_parquet(report_screen.novelty)
     s = rw.well_summary(qc, novelty=novelty)

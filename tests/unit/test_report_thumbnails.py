@@ -11,7 +11,6 @@ from PIL import Image
 from cytoscreen import io
 from cytoscreen.errors import ConfigError
 from cytoscreen.report import thumbnails as th
-from tests.unit.report_fixtures import report_screen  # noqa: F401  (fixture)
 
 
 def _decode(uri: str) -> Image.Image:
@@ -61,7 +60,7 @@ def test_encode_jpeg_and_png():
         th.encode(rgb, "gif")
 
 
-def test_site_thumbnail_from_real_images(report_screen, tmp_path):  # noqa: F811
+def test_site_thumbnail_from_real_images(report_screen, tmp_path):
     images = pd.read_parquet(report_screen.plate("SYN001", "images.parquet"))
     qc = pd.read_parquet(report_screen.plate("SYN001", "qc.parquet"))
     channels = list(dict.fromkeys(images[io.CHANNEL]))

@@ -7,7 +7,6 @@ import pytest
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.report import wells as rw
-from tests.unit.report_fixtures import report_screen  # noqa: F401  (fixture)
 
 
 def _wells(names, **cols):
@@ -66,7 +65,7 @@ def test_plate_format_rules():
 
 
 # --- per-well summary on real QC output -------------------------------------------------------
-def test_well_summary_from_real_qc(report_screen):  # noqa: F811
+def test_well_summary_from_real_qc(report_screen):
     qc = pd.read_parquet(report_screen.plate("SYN001", "qc.parquet"))
     counts = pd.read_parquet(report_screen.plate("SYN001", "segmentation.parquet"))
     wells = pd.read_parquet(report_screen.plate("SYN001", "wells.parquet"))

@@ -19,7 +19,7 @@ from cytoscreen.cli import main
 from cytoscreen.errors import ModelError
 from cytoscreen.segment import model as sm
 from cytoscreen.segment import segment as sg
-from tests.unit.segment_fixtures import PLATE, ingest_plate, random_cellpose_model, write_segment_config
+from tests.fixtures.segment import PLATE, ingest_plate, random_cellpose_model, write_segment_config
 
 pytestmark = pytest.mark.slow
 

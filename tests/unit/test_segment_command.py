@@ -19,7 +19,7 @@ from cytoscreen.cli import main
 from cytoscreen.segment import crops as cr
 from cytoscreen.segment import model as sm
 from cytoscreen.segment import segment as sg
-from tests.unit.segment_fixtures import PLATE, ThresholdModel, ingest_plate, truth_counts, write_segment_config
+from tests.fixtures.segment import PLATE, ThresholdModel, ingest_plate, truth_counts, write_segment_config
 
 
 @pytest.fixture(scope="module")

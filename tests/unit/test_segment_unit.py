@@ -20,7 +20,7 @@ from cytoscreen.errors import ComputeError, ConfigError, InputDataError, ModelEr
 from cytoscreen.segment import crops as cr
 from cytoscreen.segment import model as sm
 from cytoscreen.segment import segment as sg
-from tests.unit.segment_fixtures import ThresholdModel
+from tests.fixtures.segment import ThresholdModel
 
 
 # --- readouts ---------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@
 
 rule dose:
     input:
-        cfg=CONFIG,
         novelty=rules.novelty_score.output.novelty,
     output:
         OUT["dose"],
@@ -15,6 +14,7 @@ rule dose:
     benchmark:
         f"{BENCHMARKS}/dose/dose.tsv"
     params:
+        cfg=CONFIGFILE,
         settings=settings("report"),
     threads: 1
     resources:
@@ -23,7 +23,7 @@ rule dose:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen dose {input.novelty} {output} --config {input.cfg} > {log} 2>&1"
+        "cytoscreen dose {input.novelty} {output} --config {params.cfg} > {log} 2>&1"
 
 
 DOSE_OUTPUTS = [OUT["dose"]]

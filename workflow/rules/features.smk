@@ -7,16 +7,17 @@
 
 rule features:
     input:
-        images=f"{RESULTS}/{{plate}}/images.parquet",
-        qc=f"{RESULTS}/{{plate}}/qc.parquet",
+        images=rules.ingest.output[0],
+        qc=rules.qc.output[0],
     output:
-        f"{RESULTS}/{{plate}}/sites.parquet",
+        OUT["sites"],
     log:
-        f"{RESULTS}/logs/features/{{plate}}.log",
+        f"{LOGS}/features/{{plate}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/features/{{plate}}.tsv"
+        f"{BENCHMARKS}/features/{{plate}}.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("features"),
     threads: config["features"]["threads"]
     resources:
         mem_mb=8000,
@@ -29,4 +30,4 @@ rule features:
         "--images {input.images} --qc {input.qc} --out {output} --threads {threads} > {log} 2>&1"
 
 
-FEATURES_OUTPUTS = expand(f"{RESULTS}/{{plate}}/sites.parquet", plate=PLATES)
+FEATURES_OUTPUTS = expand(OUT["sites"], plate=PLATES)

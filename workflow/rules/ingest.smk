@@ -5,13 +5,14 @@ rule ingest:
     input:
         platemap=plate_platemap,
     output:
-        f"{RESULTS}/{{plate}}/images.parquet",
+        OUT["images"],
     log:
-        f"{RESULTS}/logs/ingest/{{plate}}.log",
+        f"{LOGS}/ingest/{{plate}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/ingest/{{plate}}.tsv"
+        f"{BENCHMARKS}/ingest/{{plate}}.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=ingest_settings,
     threads: 1
     resources:
         mem_mb=1000,
@@ -24,15 +25,16 @@ rule ingest:
 
 rule qc:
     input:
-        f"{RESULTS}/{{plate}}/images.parquet",
+        images=rules.ingest.output[0],
     output:
-        f"{RESULTS}/{{plate}}/qc.parquet",
+        OUT["qc"],
     log:
-        f"{RESULTS}/logs/qc/{{plate}}.log",
+        f"{LOGS}/qc/{{plate}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/qc/{{plate}}.tsv"
+        f"{BENCHMARKS}/qc/{{plate}}.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("qc"),
     threads: 2
     resources:
         mem_mb=1500,
@@ -40,7 +42,7 @@ rule qc:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen qc {input} {output} --config {params.cfg} --threads {threads} > {log} 2>&1"
+        "cytoscreen qc {input.images} {output} --config {params.cfg} --threads {threads} > {log} 2>&1"
 
 
-INGEST_OUTPUTS = expand(f"{RESULTS}/{{plate}}/qc.parquet", plate=PLATES)
+INGEST_OUTPUTS = expand(OUT["qc"], plate=PLATES)

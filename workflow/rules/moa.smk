@@ -2,33 +2,25 @@
 # (evaluation.json) of the screen's treatments. One job for the whole screen.
 #
 # moa.representation (config) picks the profiles: the feature-selected wells with their consensus
-# (profiles, default) or the novelty stage's reconstruction residuals (residuals).
-
-
-MOA_REPRESENTATION = config.get("moa", {}).get("representation", "profiles")
-MOA_INPUT = (
-    {"residuals": f"{RESULTS}/screen/novelty/residuals.parquet"}
-    if MOA_REPRESENTATION == "residuals"
-    else {
-        "profiles": f"{RESULTS}/screen/feature_selected.parquet",
-        "consensus": f"{RESULTS}/screen/consensus.parquet",
-    }
-)
-MOA_ARGS = " ".join(f"--{name} {{input.{name}}}" for name in MOA_INPUT)
+# (profiles, default) or the novelty stage's reconstruction residuals (residuals); the command reads
+# it from the config, and the residuals are an input only then (moa_residuals in common.smk).
 
 
 rule moa:
     input:
-        **MOA_INPUT,
+        profiles=rules.profiles_select.output.screen,
+        consensus=rules.profiles_consensus.output[0],
+        residuals=moa_residuals,
     output:
-        moa=f"{RESULTS}/screen/moa.parquet",
-        evaluation=f"{RESULTS}/screen/evaluation.json",
+        moa=OUT["moa"],
+        evaluation=OUT["evaluation"],
     log:
-        f"{RESULTS}/logs/moa/moa.log",
+        f"{LOGS}/moa/moa.log",
     benchmark:
-        f"{RESULTS}/benchmarks/moa/moa.tsv"
+        f"{BENCHMARKS}/moa/moa.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("moa"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -36,8 +28,8 @@ rule moa:
     conda:
         CONDA_ENV
     shell:
-        f"cytoscreen moa --config {{params.cfg}} {MOA_ARGS} "
-        "--out {output.moa} --evaluation {output.evaluation} > {log} 2>&1"
+        "cytoscreen moa --config {params.cfg} --profiles {input.profiles} --consensus {input.consensus} "
+        "--residuals {input.residuals} --out {output.moa} --evaluation {output.evaluation} > {log} 2>&1"
 
 
-MOA_OUTPUTS = [f"{RESULTS}/screen/moa.parquet", f"{RESULTS}/screen/evaluation.json"]
+MOA_OUTPUTS = [OUT["moa"], OUT["evaluation"]]

@@ -15,7 +15,6 @@ _NOVELTY_THREADS_PER_PROCESS = threads_per_process(_NOVELTY_TRAINER, _NOVELTY_TR
 
 rule novelty_train:
     input:
-        cfg=CONFIG,
         profiles=rules.profiles_select.output.screen,
     output:
         OUT["novelty_model"],
@@ -24,6 +23,7 @@ rule novelty_train:
     benchmark:
         f"{BENCHMARKS}/novelty/train.tsv"
     params:
+        cfg=CONFIGFILE,
         settings=settings("novelty"),
         threads_per_process=_NOVELTY_THREADS_PER_PROCESS,
     threads: _NOVELTY_TRAIN_THREADS
@@ -34,13 +34,12 @@ rule novelty_train:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen novelty train {input.profiles} --config {input.cfg} --out {output} "
+        "cytoscreen novelty train {input.profiles} --config {params.cfg} --out {output} "
         "--threads {params.threads_per_process} > {log} 2>&1"
 
 
 rule novelty_score:
     input:
-        cfg=CONFIG,
         profiles=rules.profiles_select.output.screen,
         checkpoint=rules.novelty_train.output[0],
     output:
@@ -51,6 +50,7 @@ rule novelty_score:
     benchmark:
         f"{BENCHMARKS}/novelty/score.tsv"
     params:
+        cfg=CONFIGFILE,
         settings=settings("novelty"),
     threads: 2
     resources:
@@ -60,7 +60,7 @@ rule novelty_score:
         CONDA_ENV
     shell:
         "cytoscreen novelty score {input.profiles} --checkpoint {input.checkpoint} "
-        "--config {input.cfg} --out {output.novelty} --residuals {output.residuals} "
+        "--config {params.cfg} --out {output.novelty} --residuals {output.residuals} "
         "--threads {threads} > {log} 2>&1"
 
 

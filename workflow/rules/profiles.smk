@@ -11,16 +11,17 @@
 
 rule profiles_aggregate:
     input:
-        sites=f"{RESULTS}/{{plate}}/sites.parquet",
-        qc=f"{RESULTS}/{{plate}}/qc.parquet",
+        sites=rules.features.output[0],
+        qc=rules.qc.output[0],
     output:
-        f"{RESULTS}/{{plate}}/wells.parquet",
+        OUT["wells"],
     log:
-        f"{RESULTS}/logs/profiles/aggregate/{{plate}}.log",
+        f"{LOGS}/profiles/aggregate/{{plate}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/profiles/aggregate/{{plate}}.tsv"
+        f"{BENCHMARKS}/profiles/aggregate/{{plate}}.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("profiles"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -34,15 +35,16 @@ rule profiles_aggregate:
 
 rule profiles_normalize:
     input:
-        f"{RESULTS}/{{plate}}/wells.parquet",
+        wells=rules.profiles_aggregate.output[0],
     output:
-        f"{RESULTS}/{{plate}}/normalized.parquet",
+        OUT["normalized"],
     log:
-        f"{RESULTS}/logs/profiles/normalize/{{plate}}.log",
+        f"{LOGS}/profiles/normalize/{{plate}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/profiles/normalize/{{plate}}.tsv"
+        f"{BENCHMARKS}/profiles/normalize/{{plate}}.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("profiles"),
     threads: 1
     resources:
         mem_mb=1000,
@@ -50,23 +52,24 @@ rule profiles_normalize:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen profiles normalize {input} {output} --config {params.cfg} > {log} 2>&1"
+        "cytoscreen profiles normalize {input.wells} {output} --config {params.cfg} > {log} 2>&1"
 
 
 rule profiles_select:
     input:
-        expand(f"{RESULTS}/{{plate}}/normalized.parquet", plate=PLATES),
+        normalized=expand(rules.profiles_normalize.output[0], plate=PLATES),
     output:
-        screen=f"{RESULTS}/screen/feature_selected.parquet",
-        record=f"{RESULTS}/screen/feature_selected.selection.json",
-        table=f"{RESULTS}/screen/feature_selected.selection.tsv",
-        plates=expand(f"{RESULTS}/{{plate}}/feature_selected.parquet", plate=PLATES),
+        screen=OUT["selected"],
+        record=OUT["selection_record"],
+        table=OUT["selection_table"],
+        plates=expand(OUT["plate_selected"], plate=PLATES),
     log:
-        f"{RESULTS}/logs/profiles/select.log",
+        f"{LOGS}/profiles/select.log",
     benchmark:
-        f"{RESULTS}/benchmarks/profiles/select.tsv"
+        f"{BENCHMARKS}/profiles/select.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("profiles"),
         results=results_root,
     threads: 4
     resources:
@@ -75,21 +78,22 @@ rule profiles_select:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen profiles select {input} {output.screen} --per-plate-dir {params.results} "
+        "cytoscreen profiles select {input.normalized} {output.screen} --per-plate-dir {params.results} "
         "--config {params.cfg} > {log} 2>&1"
 
 
 rule profiles_consensus:
     input:
-        f"{RESULTS}/screen/feature_selected.parquet",
+        profiles=rules.profiles_select.output.screen,
     output:
-        f"{RESULTS}/screen/consensus.parquet",
+        OUT["consensus"],
     log:
-        f"{RESULTS}/logs/profiles/consensus.log",
+        f"{LOGS}/profiles/consensus.log",
     benchmark:
-        f"{RESULTS}/benchmarks/profiles/consensus.tsv"
+        f"{BENCHMARKS}/profiles/consensus.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("profiles"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -97,11 +101,11 @@ rule profiles_consensus:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen profiles consensus {input} {output} --config {params.cfg} > {log} 2>&1"
+        "cytoscreen profiles consensus {input.profiles} {output} --config {params.cfg} > {log} 2>&1"
 
 
 PROFILES_OUTPUTS = [
-    f"{RESULTS}/screen/consensus.parquet",
-    f"{RESULTS}/screen/feature_selected.parquet",
-    *expand(f"{RESULTS}/{{plate}}/feature_selected.parquet", plate=PLATES),
+    OUT["consensus"],
+    OUT["selected"],
+    *expand(OUT["plate_selected"], plate=PLATES),
 ]

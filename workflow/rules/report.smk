@@ -3,35 +3,30 @@
 # The rules take every stage's outputs as inputs (well profiles, novelty scores, MoA table,
 # evaluation, screen profiles), so the reports come last and are redone when a stage reruns.  By
 # hand, every input but --qc is optional and a section whose input is missing says "Stage not run".
-# With segmentation on, the QC table is qc_segmented.parquet (counts and QC_low_count): the plate
-# report then shows a cell-count heatmap instead of the DNA signal.
-
-REPORT_QC = (
-    f"{RESULTS}/{{plate}}/qc_segmented.parquet"
-    if config.get("segment", {}).get("enabled", False)
-    else f"{RESULTS}/{{plate}}/qc.parquet"
-)
+# With segmentation on, the QC table is qc_segmented.parquet (SITE_QC: counts and QC_low_count): the
+# plate report then shows a cell-count heatmap instead of the DNA signal.
 
 
 rule report_plate:
     input:
-        qc=REPORT_QC,
-        images=f"{RESULTS}/{{plate}}/images.parquet",
-        wells=f"{RESULTS}/{{plate}}/wells.parquet",
-        novelty=f"{RESULTS}/screen/novelty/novelty.parquet",
+        qc=SITE_QC,
+        images=rules.ingest.output[0],
+        wells=rules.profiles_aggregate.output[0],
+        novelty=rules.novelty_score.output.novelty,
     output:
         report(
-            f"{REPORTS}/{{plate}}.html",
+            OUT["plate_report"],
             caption="../report/plate.rst",
             category="Plate reports",
             labels={"plate": "{plate}"},
         ),
     log:
-        f"{RESULTS}/logs/report/{{plate}}.log",
+        f"{LOGS}/report/{{plate}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/report/{{plate}}.tsv"
+        f"{BENCHMARKS}/report/{{plate}}.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("report"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -46,25 +41,26 @@ rule report_plate:
 
 rule report_index:
     input:
-        qc=expand(REPORT_QC, plate=PLATES),
-        plates=expand(f"{REPORTS}/{{plate}}.html", plate=PLATES),
-        novelty=f"{RESULTS}/screen/novelty/novelty.parquet",
-        moa=f"{RESULTS}/screen/moa.parquet",
-        evaluation=f"{RESULTS}/screen/evaluation.json",
-        profiles=f"{RESULTS}/screen/feature_selected.parquet",
+        qc=expand(SITE_QC, plate=PLATES),
+        plates=expand(rules.report_plate.output[0], plate=PLATES),
+        novelty=rules.novelty_score.output.novelty,
+        moa=rules.moa.output.moa,
+        evaluation=rules.moa.output.evaluation,
+        profiles=rules.profiles_select.output.screen,
     output:
         report(
-            f"{REPORTS}/index.html",
+            OUT["index_report"],
             caption="../report/index.rst",
             category="Screen report",
             labels={"report": "screen index"},
         ),
     log:
-        f"{RESULTS}/logs/report/index.log",
+        f"{LOGS}/report/index.log",
     benchmark:
-        f"{RESULTS}/benchmarks/report/index.tsv"
+        f"{BENCHMARKS}/report/index.tsv"
     params:
         cfg=CONFIGFILE,
+        settings=settings("report"),
     threads: 1
     resources:
         mem_mb=4000,
@@ -77,4 +73,4 @@ rule report_index:
         "--profiles {input.profiles} --out {output} > {log} 2>&1"
 
 
-REPORT_OUTPUTS = expand(f"{REPORTS}/{{plate}}.html", plate=PLATES) + [f"{REPORTS}/index.html"]
+REPORT_OUTPUTS = expand(OUT["plate_report"], plate=PLATES) + [OUT["index_report"]]

@@ -1,47 +1,36 @@
 # Segment (optional, `segment.enabled: true`): Cellpose nuclei/cell counts per site, joined into the
 # QC table with QC_low_count; optionally label masks, single-cell crops and crop embeddings.
 # Every rule is one `cytoscreen segment ...` call; with the stage off no rule is defined and
-# SEGMENT_OUTPUTS is empty.
+# SEGMENT_OUTPUTS is empty. `segment run` writes the masks itself when the config keeps them.
 
 _SEGMENT = config["segment"]
-SEGMENT_ENABLED = bool(_SEGMENT["enabled"])
-_SEGMENT_CROPS = SEGMENT_ENABLED and bool(_SEGMENT["crops"]["enabled"])
-_SEGMENT_EMBED = _SEGMENT_CROPS and bool(_SEGMENT["crops"]["embed"])
+_SEGMENT_CROPS = SEGMENT_ENABLED and _SEGMENT["crops"]["enabled"]
+_SEGMENT_EMBED = _SEGMENT_CROPS and _SEGMENT["crops"]["embed"]
 # crops are cut from the saved nucleus masks, so crops imply masks
-_SEGMENT_MASKS = SEGMENT_ENABLED and (
-    bool(_SEGMENT["save_masks"]) or _SEGMENT_CROPS or _SEGMENT["ome_zarr_labels"] != "none"
-)
+_SEGMENT_MASKS = SEGMENT_ENABLED and (_SEGMENT["save_masks"] or _SEGMENT_CROPS or _SEGMENT["ome_zarr_labels"] != "none")
 # a GPU is requested only when asked for; `auto` uses one when the node has it
 _SEGMENT_GPU = {"gpu": 1} if _SEGMENT["accelerator"] == "gpu" else {}
-_SEGMENT_THREADS = int(_SEGMENT["threads"])
-
-#: The per-site QC table downstream stages should read: with segmentation on, qc.parquet plus
-#: counts and QC_low_count; otherwise qc.parquet itself.
-SEGMENT_QC = (
-    f"{RESULTS}/{{plate}}/qc_segmented.parquet" if SEGMENT_ENABLED else f"{RESULTS}/{{plate}}/qc.parquet"
-)
-
-_SEGMENT_RUN_OUTPUT = {"table": f"{RESULTS}/{{plate}}/segmentation.parquet"}
-_SEGMENT_RUN_MASKS = ""
+_SEGMENT_THREADS = _SEGMENT["threads"]
+_SEGMENT_RUN_OUTPUT = {"table": OUT["segmentation"]}
 if _SEGMENT_MASKS:
-    _SEGMENT_RUN_OUTPUT["masks"] = directory(f"{RESULTS}/{{plate}}/masks")
-    _SEGMENT_RUN_MASKS = " --masks {output.masks}"
+    _SEGMENT_RUN_OUTPUT["masks"] = directory(OUT["masks"])
 
 
 if SEGMENT_ENABLED:
 
     rule segment_run:
         input:
-            images=f"{RESULTS}/{{plate}}/images.parquet",
-            qc=f"{RESULTS}/{{plate}}/qc.parquet",
+            images=rules.ingest.output[0],
+            qc=rules.qc.output[0],
         output:
             **_SEGMENT_RUN_OUTPUT,
         log:
-            f"{RESULTS}/logs/segment/run_{{plate}}.log",
+            f"{LOGS}/segment/run_{{plate}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/segment/run_{{plate}}.tsv"
+            f"{BENCHMARKS}/segment/run_{{plate}}.tsv"
         params:
             cfg=CONFIGFILE,
+            settings=settings("segment"),
         threads: _SEGMENT_THREADS
         resources:
             mem_mb=8000,
@@ -51,22 +40,21 @@ if SEGMENT_ENABLED:
             CONDA_ENV
         shell:
             "cytoscreen segment run --config {params.cfg} --plate {wildcards.plate} "
-            "--images {input.images} --qc {input.qc} --out {output.table}"
-            + _SEGMENT_RUN_MASKS
-            + " > {log} 2>&1"
+            "--images {input.images} --qc {input.qc} --out {output.table} > {log} 2>&1"
 
     rule segment_qc:
         input:
-            qc=f"{RESULTS}/{{plate}}/qc.parquet",
-            segmentation=f"{RESULTS}/{{plate}}/segmentation.parquet",
+            qc=rules.qc.output[0],
+            segmentation=rules.segment_run.output.table,
         output:
-            f"{RESULTS}/{{plate}}/qc_segmented.parquet",
+            OUT["qc_segmented"],
         log:
-            f"{RESULTS}/logs/segment/qc_{{plate}}.log",
+            f"{LOGS}/segment/qc_{{plate}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/segment/qc_{{plate}}.tsv"
+            f"{BENCHMARKS}/segment/qc_{{plate}}.tsv"
         params:
             cfg=CONFIGFILE,
+            settings=settings("segment"),
         threads: 1
         resources:
             mem_mb=1000,
@@ -81,18 +69,19 @@ if _SEGMENT_CROPS:
 
     rule segment_crops:
         input:
-            images=f"{RESULTS}/{{plate}}/images.parquet",
-            qc=f"{RESULTS}/{{plate}}/qc.parquet",
-            masks=f"{RESULTS}/{{plate}}/masks",
+            images=rules.ingest.output[0],
+            qc=rules.qc.output[0],
+            masks=rules.segment_run.output.masks,
         output:
-            crops=directory(f"{RESULTS}/{{plate}}/crops.zarr"),
-            index=f"{RESULTS}/{{plate}}/crops.parquet",
+            crops=directory(OUT["crops"]),
+            index=OUT["crops_index"],
         log:
-            f"{RESULTS}/logs/segment/crops_{{plate}}.log",
+            f"{LOGS}/segment/crops_{{plate}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/segment/crops_{{plate}}.tsv"
+            f"{BENCHMARKS}/segment/crops_{{plate}}.tsv"
         params:
             cfg=CONFIGFILE,
+            settings=settings("segment"),
         threads: 1
         resources:
             mem_mb=4000,
@@ -109,18 +98,20 @@ if _SEGMENT_EMBED:
 
     rule segment_embed:
         input:
-            crops=f"{RESULTS}/{{plate}}/crops.zarr",
-            index=f"{RESULTS}/{{plate}}/crops.parquet",
-            qc=f"{RESULTS}/{{plate}}/qc_segmented.parquet",
+            crops=rules.segment_crops.output.crops,
+            index=rules.segment_crops.output.index,
+            qc=rules.segment_qc.output[0],
         output:
-            sites=f"{RESULTS}/{{plate}}/single_cell_sites.parquet",
-            wells=f"{RESULTS}/{{plate}}/single_cell_wells.parquet",
+            sites=OUT["single_cell_sites"],
+            wells=OUT["single_cell_wells"],
         log:
-            f"{RESULTS}/logs/segment/embed_{{plate}}.log",
+            f"{LOGS}/segment/embed_{{plate}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/segment/embed_{{plate}}.tsv"
+            f"{BENCHMARKS}/segment/embed_{{plate}}.tsv"
         params:
             cfg=CONFIGFILE,
+            # crops.backbone null falls back to features.backbone
+            settings=settings("segment", "features"),
         threads: _SEGMENT_THREADS
         resources:
             mem_mb=8000,
@@ -135,9 +126,9 @@ if _SEGMENT_EMBED:
 
 
 SEGMENT_OUTPUTS = (
-    expand(f"{RESULTS}/{{plate}}/qc_segmented.parquet", plate=PLATES)
-    + (expand(f"{RESULTS}/{{plate}}/crops.parquet", plate=PLATES) if _SEGMENT_CROPS else [])
-    + (expand(f"{RESULTS}/{{plate}}/single_cell_wells.parquet", plate=PLATES) if _SEGMENT_EMBED else [])
+    expand(OUT["qc_segmented"], plate=PLATES)
+    + (expand(OUT["crops_index"], plate=PLATES) if _SEGMENT_CROPS else [])
+    + (expand(OUT["single_cell_wells"], plate=PLATES) if _SEGMENT_EMBED else [])
     if SEGMENT_ENABLED
     else []
 )
