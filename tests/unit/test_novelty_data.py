@@ -17,7 +17,7 @@ from cytoscreen.novelty.data import (
     split_wells,
     well_keys,
 )
-from tests.unit.novelty_fixtures import synthetic_wells, to_sites
+from tests.fixtures.novelty import synthetic_wells, to_sites
 
 torch.set_num_threads(1)
 

@@ -14,13 +14,13 @@ from cytoscreen.report import controls as rc
 from cytoscreen.report import wells as rw
 from cytoscreen.report.pages.plate import plate_report
 from cytoscreen.report.pages.screen import screen_report
-from tests.unit.report_fixtures import PageParser, external_references, report_screen  # noqa: F401
+from tests.fixtures.report import PageParser, external_references
 
 MINUS = "\u2212"
 
 
 @pytest.fixture(scope="module")
-def tables(report_screen):  # noqa: F811
+def tables(report_screen):
     r = report_screen
     out = {
         p: {
@@ -158,7 +158,7 @@ def test_unreadable_gallery_image_is_a_placeholder(tables, tmp_path):
     assert page.count("image not readable") == 1 and 'class="missing"' in page
 
 
-def test_screen_report(tables, report_screen):  # noqa: F811
+def test_screen_report(tables, report_screen):
     qcs = [tables[p]["qc"] for p in ("SYN001", "SYN002")]
     text = screen_report(
         qcs,
