@@ -3,7 +3,8 @@
 - :func:`control_quality`: Z' = 1 - 3 (sd_p + sd_n) / |mu_p - mu_n| (sample standard deviations,
   ``ddof=1``; :func:`cytoscreen.stats.z_prime`) and the robust Z' (medians, 1.4826 x MAD).
 - :func:`resolve_readout`: the readout of the control-quality section is ``report.readout``;
-  ``auto`` takes the first of ``Metadata_Novelty_Score`` (novelty stage), the cell count
+  ``auto`` takes the first of ``Metadata_Novelty_RobustZ`` (the novelty stage's plate hit
+  readout), ``Metadata_Novelty_Score``, the cell count
   (``report.count_column``, segmentation), ``Metadata_<dna_channel>_MeanIntensity`` (QC, always
   there) that has values.
 """
@@ -122,15 +123,16 @@ def resolve_readout(
 ) -> tuple[str | None, str]:
     """The readout column for the control section and how it was chosen.
 
-    ``auto``: the first of the novelty score, the cell count, the DNA-channel mean intensity, any
-    channel's mean intensity that has values.  A named column that is missing gives ``None`` and a
-    note (the report says so instead of failing).
+    ``auto``: the first of the plate hit readout (``Metadata_Novelty_RobustZ``), the novelty score,
+    the cell count, the DNA-channel mean intensity, any channel's mean intensity that has values.
+    A named column that is missing gives ``None`` and a note (the report says so instead of failing).
     """
     if requested != "auto":
         if has_values(summary, requested):
             return requested, "set by report.readout"
         return None, f"report.readout {requested} is not in the tables given (stage not run?)"
     candidates = [
+        (io.NOVELTY_ROBUST_Z, "plate hit readout: robust z of the novelty score (novelty stage)"),
         (io.NOVELTY_SCORE, "novelty score (novelty stage)"),
         (count_column, "cell count (segmentation)"),
         (f"{io.METADATA_PREFIX}{dna_channel}_MeanIntensity", f"{dna_channel} mean intensity (QC)"),
@@ -145,8 +147,8 @@ def resolve_readout(
 
 
 def candidate_readouts(summary: pd.DataFrame, *, count_column: str = "Count_Nuclei") -> list[str]:
-    """Columns worth a Z' line: novelty score, cell count, every channel's mean intensity."""
-    cols = [io.NOVELTY_SCORE, count_column]
+    """Columns worth a Z' line: novelty robust z and score, cell count, every channel's mean intensity."""
+    cols = [io.NOVELTY_ROBUST_Z, io.NOVELTY_SCORE, count_column]
     cols += [c for c in summary.columns if str(c).endswith("_MeanIntensity")]
     return [c for c in dict.fromkeys(cols) if has_values(summary, c)]
 

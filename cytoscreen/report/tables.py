@@ -42,7 +42,8 @@ def plate_summary(
 
     Keys: plate, batch, sites, wells, wells_negcon, wells_poscon, wells_trt, sites_passed_qc,
     qc_pass_rate, one ``QC_*`` key per flag (sites flagged), wells_profiled (when well profiles
-    were given), wells_tested and hits (when novelty was given), readout, z_prime, robust_z_prime.
+    were given), wells_tested and hits (when novelty was given), novelty_zprime (the novelty stage's
+    ``Metadata_Novelty_PlateZPrime``), readout, z_prime, robust_z_prime.
     """
     pert = summary[io.PERT_TYPE].astype(str)
     sites = int(summary[SITES].sum())
@@ -78,6 +79,9 @@ def plate_summary(
             if io.NOVELTY_HIT in summary.columns
             else 0
         )
+    if io.NOVELTY_PLATE_ZPRIME in summary.columns:
+        z = pd.to_numeric(summary[io.NOVELTY_PLATE_ZPRIME], errors="coerce").dropna()
+        out["novelty_zprime"] = float(z.iloc[0]) if len(z) else float("nan")
     if quality is not None:
         out["readout"] = quality.readout
         out["z_prime"] = quality.z_prime
@@ -102,6 +106,7 @@ def hit_list(novelty: pd.DataFrame) -> pd.DataFrame:
             io.PERT_TYPE,
             io.MOA,
             io.NOVELTY_SCORE,
+            io.NOVELTY_ROBUST_Z,
             io.NOVELTY_PVALUE,
             io.NOVELTY_QVALUE,
         )

@@ -68,3 +68,24 @@ def test_resolve_readout_order():
     assert col is None and "not in the tables" in note
     assert rc.resolve_readout(s, dna_channel="Hoechst")[0] == io.NOVELTY_SCORE
     assert rc.resolve_readout(pd.DataFrame({"x": [1]}))[0] is None
+    # the novelty stage's plate hit readout comes first
+    s[io.NOVELTY_ROBUST_Z] = [4.0]
+    assert rc.resolve_readout(s)[0] == io.NOVELTY_ROBUST_Z
+    assert rc.candidate_readouts(s)[:2] == [io.NOVELTY_ROBUST_Z, io.NOVELTY_SCORE]
+
+
+def test_in_sample_rule():
+    t = pd.DataFrame(
+        {
+            io.NOVELTY_SCORE: [1e-8, 2e-8, 1.0, 1.1, 5.0],
+            io.NOVELTY_SPLIT: ["train", " Val", "calibration", "crossfit", "none"],
+            "Count_Nuclei": [10.0, 11.0, 12.0, 13.0, 14.0],
+        }
+    )
+    # train/val wells trained the model: their novelty values are in-sample; cross-fitted and
+    # calibration controls are out-of-sample; other readouts are never in-sample
+    assert rc.in_sample(t, io.NOVELTY_SCORE).tolist() == [True, True, False, False, False]
+    assert not rc.in_sample(t, "Count_Nuclei").any() and not rc.in_sample(t, None).any()
+    assert not rc.in_sample(t.drop(columns=io.NOVELTY_SPLIT), io.NOVELTY_SCORE).any()
+    v = rc.control_values(t, io.NOVELTY_SCORE)
+    assert np.isnan(v[:2]).all() and v[2:].tolist() == [1.0, 1.1, 5.0]

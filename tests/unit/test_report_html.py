@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from cytoscreen import io
+from cytoscreen.dose import fit
 from cytoscreen.qc import METRICS as QC_METRICS
 from cytoscreen.report import controls as rc
 from cytoscreen.report import wells as rw
@@ -46,6 +47,7 @@ def full_plate(tables):
         wells=t["wells"],
         novelty=tables["novelty"],
         counts=t["segmentation"],
+        dose=fit.dose_response(tables["novelty"], io.NOVELTY_SCORE),
         inputs={"qc": "results/SYN001/qc.parquet", "wells": None},
     )
 
@@ -127,10 +129,11 @@ def test_plate_report_degrades_without_optional_inputs(tables):
     assert "hm-novelty" not in page.ids and "hm-profiled" not in page.ids
     assert "DNA signal" in page_text  # no counts: DNA mean intensity
     not_run = page.find("p", cls="not-run")
-    assert len(not_run) == 2  # novelty heatmap, thumbnails (no images table)
+    assert len(not_run) == 3  # novelty heatmap, dose curves, thumbnails (no images table)
     assert (
         "Stage not run: novelty" in page_text
         and "Stage not run: ingest (images.parquet)" in page_text
+        and "Stage not run: dose" in page_text
     )
     assert "Metadata_DNA_MeanIntensity" in page_text  # auto readout without novelty or counts
     assert external_references(page_text) == []

@@ -80,6 +80,7 @@ def _summary_section(psum: Mapping[str, Any], quality: controls.ControlQuality) 
         "wells_profiled": "wells profiled",
         "wells_tested": "wells tested for novelty",
         "hits": "hits",
+        "novelty_zprime": "Z' of the novelty stage's plate readout",
         "readout": "control readout",
         "z_prime": "Z'",
         "robust_z_prime": "robust Z'",
@@ -120,6 +121,7 @@ def _well_table(summary: pd.DataFrame, settings: ReportSettings) -> str:
         ),
         (SITES_PROFILED, "sites profiled"),
         (io.NOVELTY_SCORE, "novelty"),
+        (io.NOVELTY_ROBUST_Z, "robust z"),
         (io.NOVELTY_QVALUE, "q"),
         (io.NOVELTY_HIT, "hit"),
     ):

@@ -64,6 +64,7 @@ def heatmaps_section(
         (count_col, "cells"),
         (dna_col, f"{settings.dna_channel} mean"),
         (io.NOVELTY_SCORE, "novelty"),
+        (io.NOVELTY_ROBUST_Z, "robust z"),
         (io.NOVELTY_QVALUE, "q"),
     ]
     tips = well_tooltips(summary, extra)
@@ -129,6 +130,17 @@ def heatmaps_section(
                 {"cmap": "magma", "hits": True},
             )
         )
+        if has_values(summary, io.NOVELTY_ROBUST_Z):
+            specs.append(
+                (
+                    "hm-robustz",
+                    io.NOVELTY_ROBUST_Z,
+                    "Novelty robust z",
+                    "plate hit readout: robust z of the log score against the plate's control wells "
+                    "(out-of-sample scores); black outline: hit",
+                    {"cmap": "magma", "hits": True},
+                )
+            )
         if has_values(summary, io.NOVELTY_QVALUE):
             q = summary.assign(
                 _mlq=-np.log10(summary[io.NOVELTY_QVALUE].astype(float).clip(lower=1e-300))

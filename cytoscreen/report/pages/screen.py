@@ -226,6 +226,7 @@ def _hits_section(
         (io.PERT_TYPE, "type"),
         (io.MOA, "MoA"),
         (io.NOVELTY_SCORE, "score"),
+        (io.NOVELTY_ROBUST_Z, "robust z"),
         (io.NOVELTY_PVALUE, "p"),
         (io.NOVELTY_QVALUE, "q"),
     ):
