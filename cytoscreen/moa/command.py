@@ -35,9 +35,11 @@ EVALUATE_DOC = """Benchmark metrics of a well-level profile table: NSC, NSCB, re
 
 Reads a CSV, TSV or Parquet table with one row per well, forms treatments (compound x dose, the
 median of their wells unless --consensus gives treatment profiles), and writes evaluation.json
-with the keys nsc, nscb, map_replicate, map_moa, cluster_ari and the details behind them
-(treatment and batch definitions, dropped MoAs, per-MoA accuracy, mAP p- and q-values).  A short
-table goes to stdout, logs to stderr.  Profiles are evaluated as given (no normalization).
+with the keys nsc, nscb, map_replicate, percent_replicating, map_moa, cluster_ari and the details
+behind them (treatment and batch definitions, dropped MoAs, per-MoA accuracy, mAP p- and q-values,
+the percent-replicating null thresholds).  A short table goes to stdout, logs to stderr.  Profiles
+are evaluated as given (no normalization).  A MoA label "a|b" names several MoAs: two treatments
+share a MoA when their label sets intersect.
 
 Negative controls: wells whose --pert-type-col is "negcon" when that column exists and has any,
 else wells whose compound is one of --negcon (case-insensitive).  They are not queried.

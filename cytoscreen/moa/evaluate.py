@@ -20,10 +20,14 @@ profiles and not a normalization chosen by the evaluation.
   the BBBC021 plate ``Week4_27481`` into ``Week4``.  A treatment in several batches has them all.
 - **Metrics**: see :mod:`cytoscreen.moa.metrics`; :mod:`cytoscreen.moa.evaluate_scores` computes
   each and assembles the summary.  ``nsc``/``nscb`` score the non-control
-  treatments that have a MoA; ``map_replicate`` is the mean over treatments of the replicate mAP
+  treatments that have a MoA (a label ``"a|b"`` names several MoAs; two treatments share a MoA when
+  their label sets intersect); ``map_replicate`` is the mean over treatments of the replicate mAP
   (wells of a treatment against control wells); ``map_moa`` is the mean over MoAs of the MoA mAP
   on treatment profiles (same MoA and other compound against other MoAs).  ``cluster_ari`` compares
   a clustering of the scored treatments (hierarchical, k by silhouette) with their MoAs.
+  ``percent_replicating`` (beside replicate mAP) is the fraction of non-control treatments whose
+  median replicate correlation exceeds the 95th percentile of a null of non-replicate groups
+  (:mod:`cytoscreen.moa.replicating`).
 """
 
 from __future__ import annotations
@@ -343,6 +347,9 @@ def evaluate_profiles(
     moa = scores.moa_scores(inputs, has_moa=moa_col is not None, **null)
     replicate = scores.replicate_scores(inputs, compound_col=compound_col, dose_col=dose_col, **null)
     clusters = scores.cluster_scores(inputs) if cluster and moa.nsc is not None else None
+    replicating = scores.replicating_scores(
+        inputs, compound_col=compound_col, dose_col=dose_col, null_size=null_size, seed=seed
+    )
     definitions = {
         "treatment_definition": {
             "compound": compound_col,
@@ -352,7 +359,9 @@ def evaluate_profiles(
         "moa_column": moa_col,
         "batch_definition": scores.batch_record(inputs, batch_col=batch_col, batch_regex=batch_regex),
     }
-    summary = scores.summary_record(inputs, moa, replicate, clusters, definitions=definitions, settings=null)
+    summary = scores.summary_record(
+        inputs, moa, replicate, clusters, replicating, definitions=definitions, settings=null
+    )
     return Evaluation(
         summary=summary,
         treatments=inputs.table,
@@ -383,6 +392,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{unit}; {100 * frac:.0f}% q < {summary['settings']['fdr']}" if frac is not None else ""
         )
         rows.append((name, num(summary.get(name)), str(rec.get("n_groups", "")), note))
+    pr = summary.get("percent_replicating_details") or {}
+    if pr:
+        rows.append(("percent_replicating", num(summary.get("percent_replicating")),
+                     str(pr.get("n_treatments", "")),
+                     pr.get("reason") or "treatments above the 95th percentile of the null"))
     if summary.get("cluster_ari") is not None:
         rows.append(
             (

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cytoscreen.moa import metrics
+from cytoscreen.moa.replicating import PercentReplicating, percent_replicating
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,19 @@ def replicate_scores(
     return _renamed(result, {CPD: "compound", DOSE: "dose"}), reason
 
 
+def replicating_scores(
+    inputs: EvaluationInputs, *, compound_col: str, dose_col: str | None, null_size: int, seed: int,
+) -> PercentReplicating:
+    """Percent replicating of the non-control treatments (:mod:`cytoscreen.moa.replicating`)."""
+    res = percent_replicating(
+        replicate_wells(inputs, compound_col=compound_col, dose_col=dose_col),
+        treatment_cols=[CPD, DOSE], negcon=inputs.is_negcon, features=inputs.features,
+        null_size=null_size, seed=seed,
+    )
+    per_group = res.per_group.rename(columns={CPD: "compound", DOSE: "dose"})
+    return PercentReplicating(res.fraction, res.n_treatments, res.thresholds, per_group)
+
+
 def cluster_scores(inputs: EvaluationInputs) -> ClusterScores | None:
     """ARI and purity of a hierarchical clustering (k by silhouette) of the scored treatments
     against their MoAs; None with fewer than three treatments."""
@@ -200,6 +214,22 @@ def map_record(res: metrics.MapResult | None, reason: str | None, **extra: Any) 
     return rec
 
 
+def replicating_record(res: PercentReplicating) -> dict[str, Any]:
+    """The ``percent_replicating_details`` record."""
+    rec: dict[str, Any] = {
+        "fraction": res.fraction,
+        "n_treatments": res.n_treatments,
+        "statistic": "median Pearson correlation of a treatment's well pairs",
+        "null": "the same statistic on random groups of wells of distinct treatments, same size",
+        "quantile": 0.95,
+        "thresholds": {str(k): v for k, v in res.thresholds.items()},
+    }
+    if res.fraction is None:
+        rec["reason"] = "no non-control treatment with 2+ wells"
+    rec["per_group"] = res.per_group.to_dict(orient="records")
+    return rec
+
+
 def batch_record(inputs: EvaluationInputs, *, batch_col: str | None, batch_regex: str | None) -> dict[str, Any] | None:
     """How batches were defined, with a few examples (None without a batch column)."""
     if not batch_col or inputs.batches is None:
@@ -220,6 +250,7 @@ def summary_record(
     moa: MoaScores,
     replicate: tuple[metrics.MapResult, str | None],
     clusters: ClusterScores | None,
+    replicating: PercentReplicating,
     *,
     definitions: dict[str, Any],
     settings: dict[str, Any],
@@ -235,6 +266,7 @@ def summary_record(
         "nsc": moa.nsc.accuracy if moa.nsc else None,
         "nscb": moa.nscb.accuracy if moa.nscb else None,
         "map_replicate": map_rep.mean_map,
+        "percent_replicating": replicating.fraction,
         "map_moa": moa.map_moa.mean_map if moa.map_moa else None,
         "cluster_ari": clusters.ari if clusters else None,
         "n_wells": len(inputs.wells),
@@ -259,6 +291,7 @@ def summary_record(
             negatives="negative-control wells",
             aggregate="mean over treatments",
         ),
+        "percent_replicating_details": replicating_record(replicating),
         "map_moa_details": map_record(
             moa.map_moa,
             moa.moa_reason,

@@ -10,6 +10,10 @@ reported: for BBBC021 with week batches this drops exactly "Cholesterol-lowering
 inhibitors" from NSCB, the standard protocol, and nothing from NSC.  Accuracy is the fraction of
 the remaining queries whose nearest candidate has the query's MoA.
 
+**Multi-label MoAs.**  A label ``"a|b"`` (as in LINCS and JUMP annotations) names several MoAs; two
+treatments have the same MoA when their label sets intersect (:func:`shared_moa_matrix`), for NSC,
+NSCB and MoA mAP alike.  Per-MoA results are grouped by the label as written.
+
 **mAP** (Kalinin et al., copairs).  For a query profile the candidates are its positives and its
 negatives, ranked by decreasing cosine similarity (a positive ranks before a negative of equal
 similarity, as in copairs); average precision is the mean over positives of the precision at the
@@ -83,6 +87,20 @@ def shared_batch_matrix(batches: Sequence[object]) -> np.ndarray:
     return (inc @ inc.T) > 0
 
 
+#: Separator of several MoAs in one label (``"a|b"``, as in LINCS and JUMP annotations).
+MOA_SEPARATOR = "|"
+
+
+def moa_label_sets(labels: Sequence[object], sep: str = MOA_SEPARATOR) -> list[frozenset]:
+    """The MoAs of each label: ``"a|b"`` -> {a, b} (blanks stripped, empty parts dropped)."""
+    return [frozenset(p.strip() for p in str(v).split(sep) if p.strip()) for v in labels]
+
+
+def shared_moa_matrix(labels: Sequence[object], sep: str = MOA_SEPARATOR) -> np.ndarray:
+    """Boolean n x n matrix: True where two labels share at least one MoA (multi-label rule)."""
+    return shared_batch_matrix(moa_label_sets(labels, sep))
+
+
 def nn_accuracy(
     treatments: pd.DataFrame,
     *,
@@ -118,7 +136,7 @@ def nn_accuracy(
     if batch_col:
         allowed &= ~shared_batch_matrix(treatments[batch_col].tolist())
     np.fill_diagonal(allowed, False)
-    same_moa = moa[:, None] == moa[None, :]
+    same_moa = shared_moa_matrix(moa)  # multi-label: labels that share a MoA match
     has_positive = (allowed & same_moa).any(axis=1)
     moas = list(dict.fromkeys(moa))
     dropped = tuple(m for m in moas if not has_positive[moa == m].any())
@@ -145,7 +163,7 @@ def nn_accuracy(
             int((~has_cand).sum()),
         )
     pred = np.where(has_cand, moa[idx][nn], None)
-    correct = has_cand & (pred == moa[idx])
+    correct = has_cand & same_moa[idx, idx[nn]]
     predictions = pd.DataFrame(
         {
             "row": treatments.index[idx],
@@ -414,19 +432,19 @@ def moa_map(
 
     ``treatments`` holds the treatments to score (controls and rows without a MoA removed).  A
     query's positives are the treatments of the same MoA and another compound, its negatives the
-    treatments of other MoAs; treatments of the same compound are not ranked (as in NSC).  One mAP
-    per MoA with p-value and q-value; ``mean_map`` is the mean over MoAs.
+    treatments of other MoAs (labels sharing no MoA); treatments of the same compound are not ranked
+    (as in NSC).  One mAP per MoA label with p-value and q-value; ``mean_map`` is the mean over them.
     """
     x, _ = feature_matrix(treatments, features, source="treatments")
-    moa = _codes(treatments[moa_col].astype(str).reset_index(drop=True))
+    same_moa = shared_moa_matrix(treatments[moa_col].astype(str).tolist())
     cpd = _codes(treatments[compound_col].astype(str).reset_index(drop=True))
     queries = np.arange(len(treatments))
 
     def positive(q: np.ndarray) -> np.ndarray:
-        return (moa[q][:, None] == moa[None, :]) & (cpd[q][:, None] != cpd[None, :])
+        return same_moa[q] & (cpd[q][:, None] != cpd[None, :])
 
     def negative(q: np.ndarray) -> np.ndarray:
-        return moa[q][:, None] != moa[None, :]
+        return ~same_moa[q]
 
     ap = average_precision(x, queries=queries, positive=positive, negative=negative)
     meta = treatments[[moa_col, compound_col]].iloc[ap["row"].to_numpy()].reset_index(drop=True)

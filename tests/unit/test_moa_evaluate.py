@@ -11,7 +11,7 @@ import pytest
 from cytoscreen import io
 from cytoscreen.cli import main
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.moa.evaluate import derive_batches, evaluate_profiles, negcon_wells
+from cytoscreen.moa.evaluate import derive_batches, evaluate_profiles, format_summary, negcon_wells
 from tests.fixtures.moa import rename_for_evaluate, synthetic_wells
 
 EXACT_CALL = [
@@ -233,3 +233,92 @@ def test_negcon_wells_follow_the_plate_rule():
     assert mask.tolist() == [True, False, True, False] and how == f"{io.PERT_TYPE} == negcon"
     renamed = df.rename(columns={"Metadata_cpd": io.PERTURBATION})
     assert mask.tolist() == plate.negcon_mask(renamed).tolist()
+
+
+# --- multi-label MoA and percent replicating (issue 16 item 5) ---------------------------------
+def _multi_label_treatments() -> pd.DataFrame:
+    """A (x|y) is nearest B (y); C (x) is nearest D (z); z has no other treatment."""
+    return pd.DataFrame(
+        {
+            "Metadata_cpd": ["a", "b", "c", "d"],
+            "Metadata_moa": ["x|y", "y", "x", "z"],
+            "f0": [1.0, 0.9, 0.0, 0.1],
+            "f1": [0.0, 0.1, 1.0, 0.9],
+        }
+    )
+
+
+def test_multi_label_moas_match_when_their_sets_intersect():
+    from cytoscreen.moa import metrics
+
+    assert metrics.moa_label_sets(["x|y", " y ", "z"]) == [{"x", "y"}, {"y"}, {"z"}]
+    same = metrics.shared_moa_matrix(["x|y", "y", "x", "z"])
+    assert same.tolist() == [[True, True, True, False], [True, True, False, False],
+                             [True, False, True, False], [False, False, False, True]]
+    t = _multi_label_treatments()
+    res = metrics.nn_accuracy(t, moa_col="Metadata_moa", compound_col="Metadata_cpd")
+    # z is dropped (no other treatment shares it); A -> B (shares y) and B -> A are right,
+    # C -> D (z) is wrong: 2 of 3
+    assert res.dropped_moas == ("z",)
+    assert res.n_queries == 3 and res.n_correct == 2 and res.accuracy == pytest.approx(2 / 3)
+    assert res.predictions["correct"].tolist() == [True, True, False]
+    mp = metrics.moa_map(t, moa_col="Metadata_moa", compound_col="Metadata_cpd", null_size=50)
+    by = mp.per_group.set_index("Metadata_moa")["mean_average_precision"]
+    # A: positives B, C (share x or y), negative D; ranked B, D, C -> AP (1/1 + 2/3) / 2
+    # B: positive A, negatives C, D -> AP 1; C: positive A, negatives B, D; ranked D, B, A -> 1/3
+    assert by["x|y"] == pytest.approx((1 + 2 / 3) / 2)
+    assert by["y"] == pytest.approx(1.0) and by["x"] == pytest.approx(1 / 3)
+
+
+def test_evaluate_reads_multi_label_moas():
+    rows = []
+    for cpd, moa, f in [("a", "x|y", (1.0, 0.0)), ("b", "y", (0.9, 0.1)), ("c", "x", (0.0, 1.0)),
+                        ("d", "z", (0.1, 0.9)), ("DMSO", None, (0.5, 0.5))]:
+        for rep in range(2):
+            rows.append({io.PERTURBATION: cpd, io.MOA: moa, io.PERT_TYPE: "negcon" if moa is None else "trt",
+                         "f0": f[0] + 0.01 * rep, "f1": f[1] - 0.01 * rep})
+    s = evaluate_profiles(pd.DataFrame(rows), dose_col=None, batch_col=None, null_size=50, cluster=False).summary
+    assert s["nsc"] == pytest.approx(2 / 3) and s["nsc_details"]["dropped_moas"] == ["z"]
+
+
+def test_percent_replicating_by_hand():
+    from cytoscreen.moa.replicating import percent_replicating
+
+    wells = pd.DataFrame(
+        {
+            "Metadata_t": ["t1", "t1", "t2", "t2", "t3", "t3", "ctl", "ctl"],
+            "f0": [3.0, 3.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.1],
+            "f1": [1.0, 1.2, 0.0, 0.2, -1.0, 1.0, 0.1, 0.0],
+            "f2": [0.0, 0.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0],
+            "f3": [0.0, 0.1, 1.0, 1.0, 0.5, 0.5, 0.0, 0.0],
+        }
+    )
+    negcon = (wells["Metadata_t"] == "ctl").to_numpy()
+    res = percent_replicating(wells, treatment_cols=["Metadata_t"], negcon=negcon, null_size=2000)
+    x = wells[["f0", "f1", "f2", "f3"]].to_numpy()
+    corr = np.corrcoef(x)
+    per = res.per_group.set_index("Metadata_t")
+    assert per.index.tolist() == ["t1", "t2", "t3"]  # the control is never a query
+    for t, (i, j) in {"t1": (0, 1), "t2": (2, 3), "t3": (4, 5)}.items():
+        assert per.loc[t, "median_correlation"] == pytest.approx(corr[i, j])  # one pair: its r
+    # the null: wells of two different treatments (controls included); its 95th percentile lies
+    # among those cross-treatment correlations
+    same = wells["Metadata_t"].to_numpy()[:, None] == wells["Metadata_t"].to_numpy()[None]
+    cross = corr[np.triu_indices(8, 1)][~same[np.triu_indices(8, 1)]]
+    assert cross.min() <= res.thresholds[2] <= cross.max()
+    assert per["replicating"].tolist() == [True, True, False]  # t3's wells anti-correlate
+    assert res.fraction == pytest.approx(2 / 3) and res.n_treatments == 3
+
+
+def test_percent_replicating_in_the_summary(wells):
+    s = evaluate_profiles(wells, null_size=300, cluster=False).summary
+    assert s["percent_replicating"] == 1.0
+    d = s["percent_replicating_details"]
+    assert d["n_treatments"] == 24 and d["quantile"] == 0.95 and len(d["per_group"]) == 24
+    rng = np.random.default_rng(5)
+    noise = wells.copy()
+    feats = io.feature_columns(noise)
+    noise[feats] = rng.normal(size=(len(noise), len(feats)))
+    s = evaluate_profiles(noise, null_size=300, cluster=False).summary
+    assert s["percent_replicating"] <= 0.25  # chance is 5%
+    assert "percent_replicating" in format_summary(s)
