@@ -1,7 +1,7 @@
 # Reports: one self-contained HTML page per plate and an index page for the screen.
 #
-# The rules take every stage's outputs as inputs (well profiles, novelty scores, MoA table,
-# evaluation, screen profiles), so the reports come last and are redone when a stage reruns.  By
+# The rules take every stage's outputs as inputs (well profiles, novelty scores, dose curves, MoA
+# table, evaluation, screen profiles), so the reports come last and are redone when a stage reruns.  By
 # hand, every input but --qc is optional and a section whose input is missing says "Stage not run".
 # With segmentation on, the QC table is qc_segmented.parquet (SITE_QC: counts and QC_low_count): the
 # plate report then shows a cell-count heatmap instead of the DNA signal.
@@ -13,6 +13,7 @@ rule report_plate:
         images=rules.ingest.output[0],
         wells=rules.profiles_aggregate.output[0],
         novelty=rules.novelty_score.output.novelty,
+        dose=rules.dose.output[0],
     output:
         report(
             OUT["plate_report"],
@@ -35,8 +36,8 @@ rule report_plate:
         CONDA_ENV
     shell:
         "cytoscreen report plate --config {params.cfg} --plate {wildcards.plate} --qc {input.qc} "
-        "--images {input.images} --wells {input.wells} --novelty {input.novelty} --out {output} "
-        "> {log} 2>&1"
+        "--images {input.images} --wells {input.wells} --novelty {input.novelty} "
+        "--dose {input.dose} --out {output} > {log} 2>&1"
 
 
 rule report_index:
