@@ -6,7 +6,7 @@ low-rank manifold, 384-well plates), the default model settings, a fixed number 
 scoring rows/s and the peak RSS of the process.
 Part 2 (``auroc``): a synthetic screen of 384-well plates (64 control wells per plate, 16 treatments
 of which 8 strong and 8 weak phenotypes shifted along a few features); default settings with early
-stopping; AUROC of treatment wells against held-out calibration control wells, and hit counts.
+stopping; AUROC of treatment wells against the (cross-fitted, out-of-sample) control wells, and hits.
 Each part runs in its own process, which reads the control table from Parquet as the CLI does, so
 its peak memory is that of a training run.  Prints one JSON line.
 
@@ -134,6 +134,7 @@ def part_train(args) -> dict:
 
     from cytoscreen.io import read_table
     from cytoscreen.novelty.score import reconstruct
+    from cytoscreen.novelty.settings import NoveltySettings
     from cytoscreen.novelty.train import train
 
     torch.set_num_threads(args.threads)
@@ -156,26 +157,28 @@ def part_train(args) -> dict:
     cfg = _config(args, hidden_sizes=hidden, max_epochs=args.epochs)
     cfg["trainer"]["callbacks"] = [timer]  # after load_config, which deep-copies its input
     cfg["patience"] = args.epochs + 1
+    cfg["folds"] = 2  # the speed of one fit; a run trains novelty.folds of them one after another
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = train(table, novelty=cfg, root_dir=tmp)
+        res = train(table, settings=NoveltySettings.from_config(cfg), root_dir=tmp)
         fit_s = time.perf_counter() - t0
-    x = table[res.model.features].to_numpy(np.float32)
+    x = table[list(res.crossfit.features)].to_numpy(np.float32)
     t0 = time.perf_counter()
-    reconstruct(res.model, x, batch_size=4096)
+    reconstruct(res.models[0], x, batch_size=4096)
     score_s = time.perf_counter() - t0
-    n_train = len(res.split.train)
+    n_train = len(res.folds.train(0))
     steady = timer.times[1:] or timer.times
     return {
         "model": _label(hidden), "rows": args.rows, "features": args.features,
-        "train_rows": n_train, "val_rows": len(res.split.val), "batch_size": cfg["batch_size"],
+        "train_rows": n_train, "val_rows": len(res.folds.val[0]), "batch_size": cfg["batch_size"],
+        "folds": len(res.folds),
         "epochs": len(timer.times), "epoch_s": [round(t, 2) for t in timer.times],
         "mean_epoch_s": round(float(np.mean(steady)), 2),
         "train_rows_per_s": round(n_train / float(np.mean(steady))),
         "fit_total_s": round(fit_s, 1), "score_rows_per_s": round(len(x) / score_s),
         "peak_rss_mb": round(_peak_rss_mb()), "rss_after_imports_mb": round(rss_start),
         "rss_after_reading_table_mb": round(rss_table),
-        "best_val_loss": round(res.best_val_loss, 4),
+        "best_val_loss": round(res.crossfit.best_val_loss[0], 4),
     }
 
 
@@ -184,21 +187,25 @@ def part_auroc(args) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from cytoscreen.novelty.score import score_profiles
+    from cytoscreen.novelty.settings import NoveltySettings
     from cytoscreen.novelty.train import train
 
     torch.set_num_threads(args.threads)
     screen = synthetic_screen(args.plates, args.screen_features)
+    settings = NoveltySettings.from_config(_config(args, hidden_sizes=args.hidden_sizes))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = train(screen, novelty=_config(args, hidden_sizes=args.hidden_sizes), root_dir=tmp)
+        res = train(screen, settings=settings, root_dir=tmp)
         fit_s = time.perf_counter() - t0
-    out = score_profiles(screen, res.model, res.split)
+    out = score_profiles(screen, res.crossfit, pvalue=settings.pvalue,
+                         conformal_min_controls=settings.conformal_min_controls)
     nov = out.novelty
-    cal = nov[nov[NOVELTY_SPLIT] == "calibration"]
+    cal = nov[nov[NOVELTY_SPLIT] == "crossfit"]  # every control, scored out of sample
     result = {"model": _label(args.hidden_sizes), "plates": args.plates,
               "screen_features": args.screen_features, "control_wells": int(
-                  (nov[PERT_TYPE] == "negcon").sum()), "calibration_wells": len(cal),
-              "epochs_run": res.epochs, "fit_s": round(fit_s, 1)}
+                  (nov[PERT_TYPE] == "negcon").sum()), "null_wells": len(cal),
+              "pvalue_method": out.pvalue_method, "epochs_run": list(res.crossfit.epochs),
+              "fit_s": round(fit_s, 1)}
     for kind in ("strong", "weak"):
         trt = nov[nov[MOA] == kind]
         y = np.r_[np.ones(len(trt)), np.zeros(len(cal))]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -21,21 +20,31 @@ from cytoscreen import io
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DOC = """Train the novelty autoencoder on the control wells of a profile table.
+TRAIN_DOC = """Train the cross-fitted novelty autoencoders on the control wells of a profile table.
 
-Control wells (novelty.reference, negcon by default) are split by well into train, val and
-calibration sets (seeded, stratified by plate); the model trains on the train wells with early
-stopping on the val wells, and the checkpoint (written atomically) stores the split so scoring
-uses the held-out calibration wells only. Trainer settings (accelerator, devices, strategy,
-num_nodes, precision, max_epochs, ...) come from novelty.trainer; with devices > 1 Lightning
-starts the DDP processes itself.
+Control wells (novelty.reference, negcon by default) are dealt by well into novelty.folds folds
+(seeded, stratified by plate); model k trains on the controls outside fold k (early stopping on a
+few of them) and later scores fold k's controls out of sample, so the null of the p-values uses
+every control well. The checkpoint (one file, written atomically) stores every model and the folds.
+With fewer than 3 control wells it warns and stores no model (scores are then NaN, no hits).
+Trainer settings (accelerator, devices, strategy, num_nodes, precision, max_epochs, ...) come from
+novelty.trainer; with devices > 1 Lightning starts the DDP processes itself.
 """
 
-SCORE_DOC = """Score every well: reconstruction error, conformal p-value, BH q-value, hit call.
+SCORE_DOC = """Score every well: out-of-sample reconstruction error, p-value, BH q-value, hit call, plate z.
 
-Writes one row per well with its metadata and Metadata_Novelty_Score, _PValue, _QValue, _Hit and
-_Split; optionally the per-feature residuals (reconstruction - input) of every input row.
+Writes one row per well with its metadata and Metadata_Novelty_Score, _PValue, _QValue, _Hit,
+_Split (crossfit for the control wells, none otherwise), _RobustZ (robust z of the log score
+against the plate's control wells) and _PlateZPrime (Z' of the plate, poscon vs negcon);
+optionally the per-feature residuals (reconstruction - input) of every input row.
 """
+
+
+def _threads_flag(parser: argparse.ArgumentParser) -> None:
+    from cytoscreen.argparse_ import add_override, section_schema
+
+    add_override(parser, "--threads", "threads", "torch CPU threads per process (0: torch's default)",
+                 schema=section_schema("novelty"), section="novelty", type=int)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("profiles", help="profile table (parquet/csv/tsv), e.g. results/screen/feature_selected.parquet")
     t.add_argument("--config", help="workflow config YAML (novelty: section; schema defaults without it)")
     t.add_argument("--out", required=True, help="output checkpoint, e.g. results/screen/novelty/model.ckpt")
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
+    _threads_flag(t)
     t.set_defaults(func=run)
 
     s = add_command(actions, "score", SCORE_DOC)
@@ -57,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--config", help="workflow config YAML (novelty: section; schema defaults without it)")
     s.add_argument("--out", required=True, help="output novelty.parquet (one row per well)")
     s.add_argument("--residuals", help="also write residuals.parquet (reconstruction - input per row)")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    _threads_flag(s)
     s.set_defaults(func=run)
     return p
 
@@ -67,11 +76,18 @@ def run(args: argparse.Namespace) -> int:
     return {"train": run_train, "score": run_score}[args.novelty_action](args)
 
 
-def _set_threads(threads: int) -> None:
-    if threads and threads > 0:
+def _settings(args: argparse.Namespace):
+    """The validated config (override flags applied) and its novelty settings; sets torch threads."""
+    from cytoscreen.argparse_ import load_config_with_overrides
+    from cytoscreen.novelty.settings import NoveltySettings
+
+    config = load_config_with_overrides(args, "novelty")
+    settings = NoveltySettings.from_config(config["novelty"])
+    if settings.threads > 0:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(settings.threads)
+    return config, settings
 
 
 def work_dir(out: Path) -> Path:
@@ -97,12 +113,10 @@ def _prepare_work_dir(work: Path) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cytoscreen.config import load_config
+    from cytoscreen.novelty.model import save_checkpoint
     from cytoscreen.novelty.train import is_rank_zero_process, train
 
-    _set_threads(args.threads)
-    config = load_config(args.config)
-    novelty = config["novelty"]
+    config, settings = _settings(args)
     out = Path(args.out)
     work = work_dir(out)
     if is_rank_zero_process():
@@ -118,63 +132,51 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         result = train(
             profiles,
-            novelty=novelty,
+            settings=settings,
             root_dir=work,
             log_dir=metrics_dir(out),
             source=str(args.profiles),
             provenance=prov,
         )
     except BaseException:
-        if is_rank_zero_process() and not any(work.glob("hpc_ckpt_*.ckpt")):
+        if is_rank_zero_process() and not any(work.glob("**/hpc_ckpt_*.ckpt")):
             shutil.rmtree(work, ignore_errors=True)  # keep a SLURM requeue checkpoint only
         raise
     if not result.is_global_zero:
         return 0
-    os.replace(result.checkpoint, out)  # same file system: atomic
+    save_checkpoint(result.crossfit, out, provenance=prov)  # temp file + rename: atomic
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(work)
+    folds = result.folds
     logger.info(
-        "wrote %s (trained on %d control wells, %d val, %d calibration held out; metrics in %s)",
-        out, len(result.split.train), len(result.split.val), len(result.split.calibration),
-        metrics_dir(out),
+        "wrote %s (%d cross-fitted model(s) over %d control wells; metrics in %s)",
+        out, len(folds), len(folds.controls), metrics_dir(out),
     )
     return 0
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from cytoscreen.config import load_config
-    from cytoscreen.novelty.data import NoveltySplit
     from cytoscreen.novelty.model import load_checkpoint
     from cytoscreen.novelty.score import score_profiles
 
-    _set_threads(args.threads)
-    config = load_config(args.config)
-    novelty = config["novelty"]
-    model, state = load_checkpoint(args.checkpoint)
-    try:
-        split = NoveltySplit.from_dict(state["split"])
-    except ValueError as err:
-        from cytoscreen.errors import ModelError
-
-        raise ModelError(f"{args.checkpoint}: {err}; retrain the model") from err
-    reference = state.get("reference", novelty["reference"])
-    if reference != novelty["reference"]:
+    config, settings = _settings(args)
+    crossfit, _ = load_checkpoint(args.checkpoint)
+    if crossfit.reference != settings.reference:
         logger.warning(
             "%s: trained with reference %r, config says %r; using the checkpoint's",
-            args.checkpoint, reference, novelty["reference"],
+            args.checkpoint, crossfit.reference, settings.reference,
         )
     profiles = io.read_table(args.profiles)
     logger.info("read %s (%d rows x %d columns)", args.profiles, len(profiles), profiles.shape[1])
     result = score_profiles(
         profiles,
-        model,
-        split,
-        reference=reference,
-        hit_q=float(novelty["hit_q"]),
-        site_aggregate=novelty["site_aggregate"],
-        exclude_pert_types=tuple(novelty["exclude_pert_types"]),
-        min_calibration_wells=int(novelty["min_calibration_wells"]),
-        batch_size=max(int(novelty["batch_size"]), 1024),
+        crossfit,
+        hit_q=settings.hit_q,
+        site_aggregate=settings.site_aggregate,
+        exclude_pert_types=settings.exclude_pert_types,
+        pvalue=settings.pvalue,
+        conformal_min_controls=settings.conformal_min_controls,
+        batch_size=max(settings.batch_size, 1024),
         source=str(args.profiles),
     )
     prov = io.provenance(
@@ -183,10 +185,12 @@ def run_score(args: argparse.Namespace) -> int:
         input=str(args.profiles),
         checkpoint=str(args.checkpoint),
         checkpoint_sha256=io.sha256_file(args.checkpoint),
-        hit_q=float(novelty["hit_q"]),
-        n_calibration=result.n_calibration,
+        hit_q=settings.hit_q,
+        pvalue_method=result.pvalue_method,
+        n_controls=result.n_controls,
         n_tested=result.n_tested,
         n_hits=result.n_hits,
+        zprime_by_plate={p: (None if z != z else round(z, 4)) for p, z in result.zprime.items()},
     )
     io.write_parquet(result.novelty, args.out, provenance=prov)
     logger.info("wrote %s (%d wells, %d hits)", args.out, len(result.novelty), result.n_hits)

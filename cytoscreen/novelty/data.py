@@ -1,10 +1,12 @@
-"""Control profiles for the novelty autoencoder: the split of control wells and the DataModule.
+"""Control profiles for the novelty autoencoder: cross-fitting folds and the DataModule.
 
-Control (``negcon``) wells are split by well into three sets: ``train`` (fits the weights),
-``val`` (early stopping and checkpoint selection) and ``calibration`` (held out entirely; its
-reconstruction errors define the null distribution for the conformal p-values).  Every row of a
-well (its sites, at site level) goes to the same set, so no well leaks across sets.  The split is
-stratified by plate and drawn with a seeded generator, so every DDP process computes the same one.
+Control wells (``novelty.reference``, negcon by default, recognised by
+:func:`cytoscreen.plate.pert_type_mask`) are dealt by well into ``K`` folds
+(:func:`crossfit_folds`, stratified by plate, seeded).  Model ``k`` trains on every control well
+outside fold ``k`` (a few of those held out as its validation wells for early stopping) and scores
+the wells of fold ``k`` out of sample, so every control well gets a score from a model that never
+saw it and the null distribution of the p-values uses all controls.  Every row of a well (its
+sites, at site level) stays in its well's fold, so no well leaks into its own model.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
-from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.errors import InputDataError
 from cytoscreen.io import (
     PERT_TYPE,
     PLATE,
@@ -27,44 +29,66 @@ from cytoscreen.io import (
     check_numeric_features,
     feature_columns,
 )
+from cytoscreen.plate import pert_type_mask
 
 logger = logging.getLogger(__name__)
 
-SPLIT_NAMES = ("train", "val", "calibration")
-#: Split label of wells that are in no set (treatments, and controls absent from the split).
+#: Split label of wells that are in no fold (treatments, and controls absent from the folds).
 NO_SPLIT = "none"
+#: Split label of control wells, each scored by the model of its fold (out of sample).
+CROSSFIT = "crossfit"
+#: Fewest control wells the stage cross-fits; below it every well gets a NaN score (a warning).
+MIN_CONTROL_WELLS = 3
 
 WellKey = tuple[str, str]
 
 
 @dataclass(frozen=True)
-class NoveltySplit:
-    """Control wells (``(plate, well)`` keys) per set."""
+class NoveltyFolds:
+    """Control wells (``(plate, well)`` keys) held out of each model, and each model's
+    validation wells (drawn from its training wells; empty when too few)."""
 
-    train: tuple[WellKey, ...]
-    val: tuple[WellKey, ...]
-    calibration: tuple[WellKey, ...]
+    held_out: tuple[tuple[WellKey, ...], ...]
+    val: tuple[tuple[WellKey, ...], ...]
 
-    def to_dict(self) -> dict[str, list[list[str]]]:
+    def __len__(self) -> int:
+        return len(self.held_out)
+
+    @property
+    def controls(self) -> tuple[WellKey, ...]:
+        """Every control well of the folds, sorted."""
+        return tuple(sorted(k for fold in self.held_out for k in fold))
+
+    def train(self, k: int) -> tuple[WellKey, ...]:
+        """Training wells of model ``k``: the controls outside fold ``k`` less its val wells."""
+        skip = set(self.held_out[k]) | set(self.val[k])
+        return tuple(w for w in self.controls if w not in skip)
+
+    def to_dict(self) -> dict[str, list]:
         """Plain lists, as stored in the checkpoint."""
-        return {name: [list(k) for k in getattr(self, name)] for name in SPLIT_NAMES}
+        return {
+            "held_out": [[list(w) for w in fold] for fold in self.held_out],
+            "val": [[list(w) for w in fold] for fold in self.val],
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> NoveltySplit:
+    def from_dict(cls, data: Mapping[str, Any]) -> NoveltyFolds:
         try:
             return cls(
-                **{
-                    name: tuple((str(p), str(w)) for p, w in data[name])
-                    for name in SPLIT_NAMES
-                }
+                held_out=tuple(tuple((str(p), str(w)) for p, w in f) for f in data["held_out"]),
+                val=tuple(tuple((str(p), str(w)) for p, w in f) for f in data["val"]),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"not a novelty split record ({err})") from err
+            raise ValueError(f"not a novelty cross-fitting record ({err})") from err
+
+    def fold_of(self, keys: Sequence[WellKey]) -> np.ndarray:
+        """Fold index of each ``(plate, well)`` key; -1 for keys in no fold."""
+        lookup = {w: k for k, fold in enumerate(self.held_out) for w in fold}
+        return np.array([lookup.get(key, -1) for key in keys], dtype=np.int64)
 
     def labels(self, keys: Sequence[WellKey]) -> np.ndarray:
-        """Split name of each ``(plate, well)`` key; ``none`` for keys in no set."""
-        lookup = {k: name for name in SPLIT_NAMES for k in getattr(self, name)}
-        return np.array([lookup.get(k, NO_SPLIT) for k in keys], dtype=object)
+        """``crossfit`` for the control wells of the folds, ``none`` for the others."""
+        return np.where(self.fold_of(keys) >= 0, CROSSFIT, NO_SPLIT).astype(object)
 
 
 def well_keys(profiles: pd.DataFrame) -> list[WellKey]:
@@ -85,11 +109,12 @@ def check_profiles(
         Missing key columns, no features, non-numeric features, NaN or infinite values, or (for a
         table without ``Metadata_Site``) a well listed twice.
     """
-    missing = [c for c in (PLATE, WELL, PERT_TYPE) if c not in profiles.columns]
+    missing = [c for c in (PLATE, WELL) if c not in profiles.columns]
     if missing:
         raise InputDataError(
             f"{source}: missing column(s) {', '.join(missing)}; the novelty stage needs well "
-            f"profiles with plate, well and pert_type metadata"
+            f"profiles with plate and well metadata (and {PERT_TYPE} or a DMSO perturbation "
+            f"column for the controls)"
         )
     features = list(feature_columns(profiles) if features is None else features)
     if not features:
@@ -124,74 +149,83 @@ def check_profiles(
     return features
 
 
-def split_wells(
+def reference_rows(profiles: pd.DataFrame, reference: str = "negcon") -> np.ndarray:
+    """Rows of the control wells: :func:`cytoscreen.plate.pert_type_mask` of ``reference``."""
+    return pert_type_mask(profiles, reference)
+
+
+def crossfit_folds(
     profiles: pd.DataFrame,
     *,
     reference: str = "negcon",
+    folds: int = 5,
     val_fraction: float = 0.15,
-    calibration_fraction: float = 0.3,
-    min_train_wells: int = 8,
-    min_val_wells: int = 2,
-    min_calibration_wells: int = 8,
     seed: int = 0,
     source: str = "profiles",
-) -> NoveltySplit:
-    """Split the ``reference`` wells into train / val / calibration sets, stratified by plate.
+) -> NoveltyFolds:
+    """Deal the ``reference`` wells into ``min(folds, n)`` folds, stratified by plate.
 
-    Within each plate the control wells are put in a random order; each well gets its quantile
-    position in that order (plus a random offset, so plates interleave), and the wells sorted by
-    position are cut into calibration, val and train in that order.  Every plate so contributes to
-    every set in proportion, and the set sizes are exact: ``round(calibration_fraction * n)``,
-    ``round(val_fraction * n)`` and the rest.
+    Plate by plate, the control wells are put in a random order and dealt round-robin into the
+    folds (the deal continues across plates), so every plate contributes to every fold in proportion
+    and fold sizes differ by at most one.  Model ``k``'s validation wells are
+    ``round(val_fraction * n_train)`` of its training wells, drawn stratified by plate; none when
+    that leaves fewer than 2 wells to train on (early stopping then watches the training wells).
 
-    Raises
-    ------
-    ConfigError
-        Fractions outside (0, 1) or summing to 1 or more.
-    InputDataError
-        Fewer wells in a set than its minimum (the message gives the counts and the minimums).
+    Fewer than :data:`MIN_CONTROL_WELLS` control wells give no folds (a warning).
     """
-    if not (0 < val_fraction < 1 and 0 < calibration_fraction < 1) or (
-        val_fraction + calibration_fraction >= 1
-    ):
-        raise ConfigError(
-            f"novelty.val_fraction ({val_fraction}) and novelty.calibration_fraction "
-            f"({calibration_fraction}) must each be in (0, 1) and sum to less than 1, leaving "
-            f"wells to train on"
-        )
-    is_ref = (profiles[PERT_TYPE].astype(str) == reference).to_numpy()
-    keys = sorted(set(k for k, r in zip(well_keys(profiles), is_ref, strict=True) if r))
+    keys = sorted(set(k for k, r in zip(well_keys(profiles), reference_rows(profiles, reference),
+                                          strict=True) if r))
     n = len(keys)
-    n_cal = int(round(calibration_fraction * n))
-    n_val = int(round(val_fraction * n))
-    n_train = n - n_cal - n_val
-    short = [
-        f"{name} {got} < {need}"
-        for name, got, need in (
-            ("train", n_train, min_train_wells),
-            ("val", n_val, min_val_wells),
-            ("calibration", n_cal, min_calibration_wells),
+    if n < MIN_CONTROL_WELLS:
+        logger.warning(
+            "%s: only %d %s control well(s) (< %d): no novelty model can be cross-fitted; every "
+            "well gets a NaN score and no hits. Add control wells to the platemap",
+            source, n, reference, MIN_CONTROL_WELLS,
         )
-        if got < need
-    ]
-    if short:
-        need_total = max(
-            min_train_wells + min_val_wells + min_calibration_wells,
-            int(np.ceil(min_val_wells / val_fraction)),
-            int(np.ceil(min_calibration_wells / calibration_fraction)),
-            int(np.ceil(min_train_wells / (1 - val_fraction - calibration_fraction))),
-        )
-        raise InputDataError(
-            f"{source}: too few control wells: {n} well(s) with {PERT_TYPE} == {reference!r} "
-            f"give {', '.join(short)} (set: wells < minimum) at val_fraction {val_fraction} and "
-            f"calibration_fraction {calibration_fraction}; the novelty stage needs at least "
-            f"about {need_total} control wells: add controls, or lower novelty.min_train_wells / "
-            f"min_val_wells / min_calibration_wells"
-        )
+        return NoveltyFolds(held_out=(), val=())
     rng = np.random.default_rng(seed)
+    n_folds = min(int(folds), n)
+    dealt: list[list[WellKey]] = [[] for _ in range(n_folds)]
+    counter = 0
+    for plate_wells in _by_plate(keys).values():  # round-robin, continued across plates
+        for idx in rng.permutation(len(plate_wells)):
+            dealt[counter % n_folds].append(plate_wells[idx])
+            counter += 1
+    held_out = tuple(tuple(sorted(f)) for f in dealt)
+    vals = []
+    for fold in held_out:
+        rest = [k for k in keys if k not in set(fold)]
+        n_val = int(round(val_fraction * len(rest)))
+        if len(rest) - n_val < 2:
+            n_val = 0
+        vals.append(tuple(sorted(_stratified_order(rest, rng)[:n_val])))
+    out = NoveltyFolds(held_out=held_out, val=tuple(vals))
+    n_plates = len(_by_plate(keys))
+    logger.info(
+        "%s: %d %s wells on %d plate(s) dealt into %d cross-fitting folds of %s wells (seed %d)",
+        source, n, reference, n_plates, n_folds, "/".join(str(len(f)) for f in held_out), seed,
+    )
+    if n_folds < int(folds):
+        logger.warning("%s: %d control wells: %d folds instead of novelty.folds = %d",
+                       source, n, n_folds, folds)
+    if not all(vals):
+        logger.warning(
+            "%s: too few control wells for validation wells in %d of %d folds; early stopping "
+            "watches the training loss there", source, sum(1 for v in vals if not v), n_folds,
+        )
+    return out
+
+
+def _by_plate(keys: Sequence[WellKey]) -> dict[str, list[WellKey]]:
     by_plate: dict[str, list[WellKey]] = {}
-    for k in keys:
+    for k in sorted(keys):
         by_plate.setdefault(k[0], []).append(k)
+    return by_plate
+
+
+def _stratified_order(keys: Sequence[WellKey], rng: np.random.Generator) -> list[WellKey]:
+    """``keys`` ordered by a seeded position that interleaves plates in proportion."""
+    by_plate = _by_plate(keys)
     position: dict[WellKey, float] = {}
     for plate in sorted(by_plate):
         wells = by_plate[plate]
@@ -199,77 +233,44 @@ def split_wells(
         offset = rng.random()
         for rank, idx in enumerate(order):
             position[wells[idx]] = (rank + offset) / len(wells)
-    ranked = sorted(keys, key=lambda k: position[k])
-    split = NoveltySplit(
-        calibration=tuple(sorted(ranked[:n_cal])),
-        val=tuple(sorted(ranked[n_cal : n_cal + n_val])),
-        train=tuple(sorted(ranked[n_cal + n_val :])),
-    )
-    logger.info(
-        "%s: %d %s wells on %d plate(s) split into train %d, val %d, calibration %d (seed %d)",
-        source, n, reference, len(by_plate), n_train, n_val, n_cal, seed,
-    )
-    if n_cal < 19:
-        logger.warning(
-            "%s: only %d calibration wells: the smallest possible p-value is 1/%d = %.3f, so few "
-            "or no wells can be called hits; add control wells or raise calibration_fraction",
-            source, n_cal, n_cal + 1, 1 / (n_cal + 1),
-        )
-    return split
+    return sorted(keys, key=lambda k: (position[k], k))
 
 
 class NoveltyDataModule(pl.LightningDataModule):
-    """Control rows of a profile table, split by well (see :func:`split_wells`).
-
-    It receives the table (no file reads) and has no ``prepare_data``; ``setup`` draws the split
-    on every process with the same seed.  The split is saved in the checkpoint through
-    :meth:`state_dict`, so scoring knows the held-out calibration wells.
+    """Training and validation rows of one cross-fitting model (no file reads).
 
     Parameters
     ----------
     profiles
-        Well (or site, with ``Metadata_Site``) profiles of the whole screen; only rows whose
-        ``Metadata_pert_type`` equals ``reference`` are used.
+        Well (or site, with ``Metadata_Site``) profiles of the whole screen.
+    train_wells, val_wells
+        ``(plate, well)`` keys of the model's training and validation control wells; with no
+        validation wells the validation loss is computed on the training rows.
     features
         Feature columns; default :func:`cytoscreen.io.feature_columns`.
     batch_size, num_workers
         DataLoader settings.
-    Other keywords
-        As :func:`split_wells`.
     """
 
     def __init__(
         self,
         profiles: pd.DataFrame,
         *,
+        train_wells: Sequence[WellKey],
+        val_wells: Sequence[WellKey] = (),
         features: Sequence[str] | None = None,
-        reference: str = "negcon",
-        val_fraction: float = 0.15,
-        calibration_fraction: float = 0.3,
-        min_train_wells: int = 8,
-        min_val_wells: int = 2,
-        min_calibration_wells: int = 8,
         batch_size: int = 256,
         num_workers: int = 0,
-        seed: int = 0,
         source: str = "profiles",
     ) -> None:
         super().__init__()
         self.profiles = profiles
         self.features = check_profiles(profiles, features=features, source=source)
-        self.split_options = {
-            "reference": reference,
-            "val_fraction": float(val_fraction),
-            "calibration_fraction": float(calibration_fraction),
-            "min_train_wells": int(min_train_wells),
-            "min_val_wells": int(min_val_wells),
-            "min_calibration_wells": int(min_calibration_wells),
-            "seed": int(seed),
-        }
+        self.train_wells = tuple(train_wells)
+        self.val_wells = tuple(val_wells)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.source = source
-        self.split: NoveltySplit | None = None
         self._sets: dict[str, Any] = {}
 
     @property
@@ -277,22 +278,21 @@ class NoveltyDataModule(pl.LightningDataModule):
         return "site" if SITE in self.profiles.columns else "well"
 
     def setup(self, stage: str | None = None) -> None:
-        """Draw the split (once) and build the tensors of each set."""
-        if self.split is not None:
+        """Build the tensors of the training and validation rows (once)."""
+        if self._sets:
             return
         import torch
         from torch.utils.data import TensorDataset
 
-        self.split = split_wells(self.profiles, source=self.source, **self.split_options)
-        labels = self.split.labels(well_keys(self.profiles))
-        is_ref = (self.profiles[PERT_TYPE].astype(str) == self.split_options["reference"]).to_numpy()
-        for name in SPLIT_NAMES:
-            rows = np.flatnonzero((labels == name) & is_ref)
+        keys = well_keys(self.profiles)
+        sets = {"train": set(self.train_wells), "val": set(self.val_wells or self.train_wells)}
+        for name, wells in sets.items():
+            rows = np.flatnonzero([k in wells for k in keys])
             x = self.profiles.iloc[rows][self.features].to_numpy(dtype=np.float32)
             self._sets[name] = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)))
-        logger.info(
-            "%s: %s-level rows for training %d, validation %d, calibration %d (%d features)",
-            self.source, self.level, *(len(self._sets[n]) for n in SPLIT_NAMES), len(self.features),
+        logger.debug(
+            "%s: %s-level rows for training %d, validation %d (%d features)",
+            self.source, self.level, len(self._sets["train"]), len(self._sets["val"]), len(self.features),
         )
 
     def _loader(self, name: str, *, shuffle: bool):
@@ -311,29 +311,3 @@ class NoveltyDataModule(pl.LightningDataModule):
 
     def val_dataloader(self):
         return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        """The calibration rows (never seen in training or model selection)."""
-        return self._loader("calibration", shuffle=False)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Saved in the checkpoint: the split and how it was drawn."""
-        if self.split is None:
-            return {}
-        return {
-            "split": self.split.to_dict(),
-            "level": self.level,
-            "features": list(self.features),
-            **self.split_options,
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check, on resuming, that the stored split is the one this table and seed give."""
-        if state_dict.get("split"):
-            stored = NoveltySplit.from_dict(state_dict["split"])
-            self.setup()
-            if self.split != stored:
-                raise InputDataError(
-                    f"{self.source}: the control-well split stored in the checkpoint differs from "
-                    f"the one drawn from this table; resume training on the same table and settings"
-                )

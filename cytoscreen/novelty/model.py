@@ -7,8 +7,11 @@ are stored with ``save_hyperparameters`` so a checkpoint rebuilds the model on i
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -156,17 +159,72 @@ class NoveltyAutoencoder(pl.LightningModule):
         )
 
 
-def load_checkpoint(path) -> tuple[NoveltyAutoencoder, dict]:
-    """The model and the data module's saved state (control-well split) from a checkpoint.
+#: ``format`` entry of a cross-fitted novelty checkpoint.
+CHECKPOINT_FORMAT = "cytoscreen.novelty.crossfit/1"
+
+
+@dataclass(frozen=True)
+class CrossFitModel:
+    """The cross-fitted autoencoders: ``models[k]`` never saw the control wells of fold ``k``.
+
+    ``folds`` is a :class:`cytoscreen.novelty.data.NoveltyFolds` (held-out and validation wells of
+    each model); ``features`` the feature columns every model expects, in order; ``reference`` the
+    control ``Metadata_pert_type`` the folds were drawn from.
+    """
+
+    models: tuple[NoveltyAutoencoder, ...]
+    folds: Any
+    features: tuple[str, ...]
+    reference: str = "negcon"
+    level: str = "well"
+    best_val_loss: tuple[float | None, ...] = ()
+    epochs: tuple[int, ...] = ()
+
+
+def save_checkpoint(crossfit: CrossFitModel, path, *, provenance: Mapping[str, Any] | None = None) -> None:
+    """Write every model of ``crossfit`` and its folds to one file, atomically (temp + rename)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hparams = dict(crossfit.models[0].hparams) if crossfit.models else {"features": list(crossfit.features)}
+    record = {
+        "format": CHECKPOINT_FORMAT,
+        "hyper_parameters": hparams,
+        "features": list(crossfit.features),
+        "folds": crossfit.folds.to_dict(),
+        "state_dicts": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in crossfit.models],
+        "reference": crossfit.reference,
+        "level": crossfit.level,
+        "best_val_loss": [None if v is None else float(v) for v in crossfit.best_val_loss],
+        "epochs": [int(e) for e in crossfit.epochs],
+        "cytoscreen": dict(provenance or {}),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path) -> tuple[CrossFitModel, dict]:
+    """The cross-fitted models and the checkpoint's record (less the weights).
 
     Raises
     ------
     ModelError
-        The file is missing, unreadable, or not a novelty checkpoint.
+        The file is missing, unreadable, or not a cross-fitted novelty checkpoint.
     """
     from pathlib import Path
 
     from cytoscreen.errors import ModelError
+    from cytoscreen.novelty.data import NoveltyFolds
 
     path = Path(path)
     if not path.exists():
@@ -177,21 +235,27 @@ def load_checkpoint(path) -> tuple[NoveltyAutoencoder, dict]:
         raise ModelError(
             f"{path}: cannot read checkpoint ({type(err).__name__}: {err}); retrain it"
         ) from err
-    state = ckpt.get(DATAMODULE_KEY) if isinstance(ckpt, dict) else None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not state or not hparams or "features" not in hparams or "split" not in state:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(
-            f"{path}: not a cytoscreen novelty checkpoint (no feature list or control-well split); "
+            f"{path}: not a cross-fitted cytoscreen novelty checkpoint ({CHECKPOINT_FORMAT}); "
             f"train it with `cytoscreen novelty train`"
         )
     try:
-        model = NoveltyAutoencoder(**dict(hparams))
-        model.load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as err:
+        folds = NoveltyFolds.from_dict(ckpt["folds"])
+        hparams = dict(ckpt["hyper_parameters"])
+        models = []
+        for state in ckpt["state_dicts"]:
+            model = NoveltyAutoencoder(**hparams)
+            model.load_state_dict(state)
+            models.append(model.eval())
+        if len(models) != len(folds):
+            raise ValueError(f"{len(models)} models for {len(folds)} folds")
+        crossfit = CrossFitModel(
+            models=tuple(models), folds=folds, features=tuple(ckpt["features"]),
+            reference=str(ckpt.get("reference", "negcon")), level=str(ckpt.get("level", "well")),
+            best_val_loss=tuple(ckpt.get("best_val_loss", ())), epochs=tuple(ckpt.get("epochs", ())),
+        )
+    except (TypeError, RuntimeError, KeyError, ValueError) as err:
         raise ModelError(f"{path}: checkpoint does not match the novelty model ({err})") from err
-    model.eval()
-    return model, dict(state)
-
-
-#: Key under which Lightning stores the data module's ``state_dict`` in a checkpoint.
-DATAMODULE_KEY = "NoveltyDataModule"
+    record = {k: v for k, v in ckpt.items() if k != "state_dicts"}
+    return crossfit, record

@@ -1,18 +1,32 @@
-"""Scoring: reconstruction error per well, conformal p-values, Benjamini-Hochberg q-values, hits.
+"""Scoring: out-of-sample reconstruction errors, p-values, BH q-values, hits and a plate readout.
 
-The score of a row is its mean squared reconstruction error over the features (the training
-loss); at site level a well's score is the median (or mean) over its sites.  The null
-distribution is the scores of the held-out calibration control wells, which took no part in
-training or model selection, so a well exchangeable with them gets a valid conformal p-value
-``(1 + #{calibration scores >= s}) / (n_calibration + 1)``.
+The score of a row under model ``k`` is its mean squared reconstruction error over the features
+(the training loss); at site level a well's score is the median (or mean) over its sites.  Models
+are cross-fitted (:mod:`cytoscreen.novelty.data`): a control well of fold ``k`` is scored by model
+``k`` only, which never saw it, so **every** control score is out of sample and the null uses all
+controls.  Any other well is out of sample for every model; its score is the geometric mean of its
+``K`` scores.
 
-Which wells are tested: every well except the control wells of the split (train and val wells
-were fit by the model, so their scores are biased low; calibration wells define the null) and
-wells whose ``Metadata_pert_type`` is excluded (``empty`` by default).  Benjamini-Hochberg q-values
-are computed over the tested wells only; a tested well is a hit when ``q <= hit_q``.  Untested
-wells keep their score and p-value (calibration wells get the leave-one-out p-value
-``#{calibration scores >= s} / n_calibration``, useful to check calibration) but have no q-value and
-are never hits.
+p-values of the tested wells (``novelty.pvalue``):
+
+- ``conformal`` (cross-conformal, Vovk 2015): ``(1 + sum_k #{i in fold k: s_k(i) >= s_k(x)}) /
+  (n + 1)``, each well compared with the controls of fold ``k`` under the model that held them out.
+  Distribution-free, but never below ``1 / (n + 1)``: a plate with 16 controls cannot reach 0.05.
+- ``gaussian``: the predictive t-test of the log score against the ``n`` control log scores,
+  ``t = (l - mean) / (sd * sqrt(1 + 1/n))`` with ``n - 1`` degrees of freedom (exact when log scores
+  are normal), which resolves small p-values with few controls.
+- ``auto``: ``conformal`` with at least ``novelty.conformal_min_controls`` control wells, else
+  ``gaussian``.
+
+Which wells are tested: every well except the cross-fitted control wells and wells whose
+``Metadata_pert_type`` is excluded (``empty`` by default).  BH q-values are computed over the tested
+wells only; a tested well is a hit when ``q <= hit_q``.  Control wells keep their out-of-sample score
+and a leave-one-out p-value (to check calibration) but have no q-value and are never hits.
+
+The plate readout: ``Metadata_Novelty_RobustZ``, the robust z (median, 1.4826 MAD) of each well's log
+score against the out-of-sample log scores of its plate's control wells (the screen's controls when
+the plate has fewer than :data:`MIN_PLATE_CONTROLS`), and ``Metadata_Novelty_PlateZPrime``, the
+Z'-factor of that z between the plate's poscon and control wells (NaN with fewer than 2 of either).
 """
 
 from __future__ import annotations
@@ -24,26 +38,36 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cytoscreen import stats
 from cytoscreen.errors import InputDataError, ModelError
 from cytoscreen.io import (
     N_SITES,
     NOVELTY_HIT,
+    NOVELTY_PLATE_ZPRIME,
     NOVELTY_PVALUE,
     NOVELTY_QVALUE,
+    NOVELTY_ROBUST_Z,
     NOVELTY_SCORE,
     NOVELTY_SPLIT,
-    PERT_TYPE,
     PLATE,
     SITE,
     WELL,
     feature_columns,
 )
-from cytoscreen.novelty.data import NO_SPLIT, NoveltySplit, check_profiles, well_keys
+from cytoscreen.novelty.data import CROSSFIT, NO_SPLIT, check_profiles, reference_rows, well_keys
+from cytoscreen.novelty.settings import PVALUE_METHODS, SITE_AGGREGATES
+from cytoscreen.plate import pert_type_mask
 
 logger = logging.getLogger(__name__)
 
-SITE_AGGREGATES = ("median", "mean")
-NOVELTY_COLUMNS = (NOVELTY_SCORE, NOVELTY_PVALUE, NOVELTY_QVALUE, NOVELTY_HIT, NOVELTY_SPLIT)
+NOVELTY_COLUMNS = (
+    NOVELTY_SCORE, NOVELTY_PVALUE, NOVELTY_QVALUE, NOVELTY_HIT, NOVELTY_SPLIT, NOVELTY_ROBUST_Z,
+    NOVELTY_PLATE_ZPRIME,
+)
+#: Fewest control wells of a plate for its own robust-z reference (else the screen's controls).
+MIN_PLATE_CONTROLS = 3
+#: Floor of a score before its log is taken (a perfect reconstruction would give -inf).
+_SCORE_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -51,14 +75,18 @@ class NoveltyScores:
     """Result of :func:`score_profiles`."""
 
     novelty: pd.DataFrame
-    """One row per well: its metadata, score, p-value, q-value, hit flag and split label."""
+    """One row per well: metadata, score, p-value, q-value, hit flag, split label, robust z, Z'."""
     residuals: pd.DataFrame
     """One row per input row: its metadata and reconstruction - input per feature (float32)."""
-    n_calibration: int
+    n_controls: int
     n_tested: int
     n_hits: int
+    pvalue_method: str
+    zprime: dict[str, float]
+    """Z'-factor of the novelty score per plate (NaN without 2 poscon and 2 control wells)."""
 
 
+# --- p-values -------------------------------------------------------------------------------------
 def conformal_pvalues(scores: np.ndarray, calibration: np.ndarray) -> np.ndarray:
     """``(1 + #{calibration >= s}) / (n + 1)`` for each score ``s`` (larger score = more novel)."""
     cal = np.sort(np.asarray(calibration, dtype=np.float64))
@@ -77,18 +105,60 @@ def leave_one_out_pvalues(calibration: np.ndarray) -> np.ndarray:
     return n_ge / float(cal.size)
 
 
-def bh_qvalues(pvalues: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values); NaN entries stay NaN and are not counted."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    q = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = ok.size
-    if m == 0:
-        return q
-    order = ok[np.argsort(p[ok], kind="stable")]
-    ranked = p[order] * m / np.arange(1, m + 1)
-    q[order] = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
-    return q
+def cross_conformal_pvalues(fold_scores: np.ndarray, control_scores: Sequence[np.ndarray]) -> np.ndarray:
+    """Cross-conformal p-values: ``(1 + sum_k #{control_k >= s_k}) / (n + 1)``.
+
+    ``fold_scores`` is ``(wells, K)``: each well's score under model ``k``; ``control_scores[k]`` the
+    out-of-sample scores of fold ``k``'s control wells (under model ``k``); ``n`` all of them.
+    """
+    fold_scores = np.asarray(fold_scores, dtype=np.float64)
+    n = sum(len(c) for c in control_scores)
+    if n == 0:
+        raise ValueError("cross-conformal p-values need at least one control score")
+    count = np.zeros(fold_scores.shape[0])
+    for k, cal in enumerate(control_scores):
+        cal = np.sort(np.asarray(cal, dtype=np.float64))
+        count += cal.size - np.searchsorted(cal, fold_scores[:, k], side="left")
+    return (1.0 + count) / (n + 1.0)
+
+
+def gaussian_pvalues(log_scores: np.ndarray, control_log_scores: np.ndarray) -> np.ndarray:
+    """Predictive t-test p-values (upper tail) of ``log_scores`` against the control log scores.
+
+    For a new value exchangeable with ``n`` normal values of mean ``m`` and sd ``s``,
+    ``(x - m) / (s sqrt(1 + 1/n))`` follows Student's t with ``n - 1`` degrees of freedom.
+    """
+    from scipy.stats import t as student_t
+
+    ref = np.asarray(control_log_scores, dtype=np.float64)
+    if ref.size < 3:
+        raise ValueError("gaussian p-values need at least three control scores")
+    sd = float(ref.std(ddof=1))
+    x = np.asarray(log_scores, dtype=np.float64)
+    if not sd > 0:
+        return np.where(x > ref.mean(), 0.0, 1.0)
+    t = (x - ref.mean()) / (sd * np.sqrt(1.0 + 1.0 / ref.size))
+    return student_t.sf(t, df=ref.size - 1)
+
+
+def gaussian_loo_pvalues(control_log_scores: np.ndarray) -> np.ndarray:
+    """Each control's :func:`gaussian_pvalues` against the other controls."""
+    ref = np.asarray(control_log_scores, dtype=np.float64)
+    out = np.full(ref.shape, np.nan)
+    if ref.size < 4:
+        return out
+    for i in range(ref.size):
+        out[i] = gaussian_pvalues(ref[i : i + 1], np.delete(ref, i))[0]
+    return out
+
+
+def pvalue_method(method: str, n_controls: int, conformal_min_controls: int) -> str:
+    """The method ``auto`` resolves to for ``n_controls`` control wells."""
+    if method not in PVALUE_METHODS:
+        raise ValueError(f"pvalue method must be one of {PVALUE_METHODS}, not {method!r}")
+    if method != "auto":
+        return method
+    return "conformal" if n_controls >= int(conformal_min_controls) else "gaussian"
 
 
 def check_features(model_features: Sequence[str], profiles: pd.DataFrame, *, source: str) -> list[str]:
@@ -138,145 +208,191 @@ def reconstruct(model, x: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
     return out
 
 
+def _fold_scores(models, x: np.ndarray, row_fold: np.ndarray, *, batch_size: int):
+    """Per-row scores under each model ``(rows, K)`` and the residuals: a control row's under its
+    fold's model, any other row's against the mean reconstruction of all models."""
+    n_models = len(models)
+    scores = np.empty((x.shape[0], n_models), dtype=np.float64)
+    resid = np.zeros(x.shape, dtype=np.float32)
+    other = row_fold < 0
+    for k, model in enumerate(models):
+        recon = reconstruct(model, x, batch_size=batch_size)
+        recon -= x
+        scores[:, k] = np.einsum("ij,ij->i", recon, recon, dtype=np.float64) / max(x.shape[1], 1)
+        mine = row_fold == k
+        resid[mine] = recon[mine]
+        resid[other] += recon[other] / n_models
+    return scores, resid
+
+
 def score_profiles(
     profiles: pd.DataFrame,
-    model,
-    split: NoveltySplit,
+    crossfit,
     *,
-    reference: str = "negcon",
     hit_q: float = 0.05,
     site_aggregate: str = "median",
     exclude_pert_types: Sequence[str] = ("empty",),
-    min_calibration_wells: int = 8,
+    pvalue: str = "auto",
+    conformal_min_controls: int = 200,
     batch_size: int = 4096,
     source: str = "profiles",
 ) -> NoveltyScores:
-    """Score every row and well of ``profiles`` with a trained novelty autoencoder.
+    """Score every row and well of ``profiles`` with cross-fitted novelty autoencoders.
 
     Parameters
     ----------
     profiles
         Well profiles (or site profiles with ``Metadata_Site``), the feature columns exactly those
-        of the model.
-    model
-        A :class:`~cytoscreen.novelty.model.NoveltyAutoencoder`.
-    split
-        The control-well split the model was trained with (stored in its checkpoint).
-    reference
-        ``Metadata_pert_type`` of the control wells.
+        of the models.
+    crossfit
+        A :class:`~cytoscreen.novelty.model.CrossFitModel` (from training or its checkpoint).
     hit_q
         A tested well is a hit when its BH q-value is at most ``hit_q``.
     site_aggregate
         ``median`` or ``mean`` of site scores per well (site-level tables only).
     exclude_pert_types
         ``Metadata_pert_type`` values never tested (they keep score and p-value).
-    min_calibration_wells
-        Fewest calibration wells that must be present in the table.
+    pvalue, conformal_min_controls
+        The p-value method (see the module docstring).
 
     Raises
     ------
     ModelError
-        Feature columns differ from the model's.
+        Feature columns differ from the models'.
     InputDataError
-        NaN features, too few calibration wells present, or split wells that are not controls.
+        NaN features, or fold wells that are no longer controls.
     """
     if site_aggregate not in SITE_AGGREGATES:
         raise ValueError(f"site_aggregate must be one of {SITE_AGGREGATES}, not {site_aggregate!r}")
-    features = check_features(model.hparams["features"], profiles, source=source)
+    features = check_features(crossfit.features, profiles, source=source)
     check_profiles(profiles, features=features, source=source)
+    folds, reference = crossfit.folds, crossfit.reference
 
     keys = well_keys(profiles)
-    labels = split.labels(keys)
-    is_ref = (profiles[PERT_TYPE].astype(str) == reference).to_numpy()
-    wrong = (labels != NO_SPLIT) & ~is_ref
+    row_fold = folds.fold_of(keys)
+    wrong = (row_fold >= 0) & ~reference_rows(profiles, reference)
     if wrong.any():
         first = keys[int(np.flatnonzero(wrong)[0])]
         raise InputDataError(
-            f"{source}: {int(wrong.sum())} row(s) of control wells in the checkpoint's split are "
-            f"not {PERT_TYPE} == {reference!r} here (first: {first[0]} {first[1]}); the platemap "
-            f"changed since training, so retrain the model"
+            f"{source}: {int(wrong.sum())} row(s) of the checkpoint's control wells are not "
+            f"{reference!r} wells here (first: {first[0]} {first[1]}); the platemap changed "
+            f"since training, so retrain the model"
         )
-
-    x = profiles[features].to_numpy(dtype=np.float32)
-    resid = reconstruct(model, x, batch_size=batch_size)
-    resid -= x  # reconstruction - input, in place
-    del x
-    row_score = np.einsum("ij,ij->i", resid, resid, dtype=np.float64) / resid.shape[1]
-
     meta_cols = [c for c in profiles.columns if c not in set(features)]
+    x = profiles[features].to_numpy(dtype=np.float32)
+    if len(crossfit.models):
+        row_scores, resid = _fold_scores(crossfit.models, x, row_fold, batch_size=batch_size)
+    else:
+        row_scores = np.empty((len(profiles), 0))
+        resid = np.full(x.shape, np.nan, dtype=np.float32)
+    del x
     residuals = pd.concat(
-        [
-            profiles[meta_cols].reset_index(drop=True),
-            pd.DataFrame(resid, columns=features, copy=False),
-        ],
+        [profiles[meta_cols].reset_index(drop=True), pd.DataFrame(resid, columns=features, copy=False)],
         axis=1,
     )[list(profiles.columns)]
 
-    wells = _well_table(profiles, meta_cols, row_score, site_aggregate)
-    wkeys = well_keys(wells)
-    wlabels = split.labels(wkeys)
-    score = wells[NOVELTY_SCORE].to_numpy()
-    is_cal = wlabels == "calibration"
-    n_cal = int(is_cal.sum())
-    n_expected = len(split.calibration)
-    if n_cal < max(int(min_calibration_wells), 1):
-        raise InputDataError(
-            f"{source}: {n_cal} of the checkpoint's {n_expected} calibration wells are in the "
-            f"table, fewer than the minimum {max(int(min_calibration_wells), 1)}; score the table "
-            f"the model was trained on"
-        )
-    if n_cal < n_expected:
+    wells, well_scores = _well_table(profiles, meta_cols, row_scores, site_aggregate)
+    wfold = folds.fold_of(well_keys(wells))
+    is_ctrl = wfold >= 0
+    log_fold = np.log(np.maximum(well_scores, _SCORE_FLOOR))
+    log_score = np.full(len(wells), np.nan)
+    if well_scores.shape[1]:
+        log_score = log_fold.mean(axis=1)
+        log_score[is_ctrl] = log_fold[np.flatnonzero(is_ctrl), wfold[is_ctrl]]
+    excluded = np.zeros(len(wells), dtype=bool)
+    for pert_type in exclude_pert_types:
+        excluded |= pert_type_mask(wells, str(pert_type))
+    tested = ~is_ctrl & ~excluded & np.isfinite(log_score)
+    n_ctrl = int(is_ctrl.sum())
+    method = pvalue_method(pvalue, n_ctrl, conformal_min_controls)
+    pvals = np.full(len(wells), np.nan)
+    if n_ctrl >= 3:
+        ctrl_log = log_score[is_ctrl]
+        scored = ~is_ctrl & np.isfinite(log_score)  # tested and excluded wells
+        if method == "conformal":
+            per_fold = [well_scores[(wfold == k), k] for k in range(len(folds))]
+            pvals[scored] = cross_conformal_pvalues(well_scores[scored], per_fold)
+            pvals[is_ctrl] = leave_one_out_pvalues(ctrl_log)
+        else:
+            pvals[scored] = gaussian_pvalues(log_score[scored], ctrl_log)
+            pvals[is_ctrl] = gaussian_loo_pvalues(ctrl_log)
+    elif len(crossfit.models) or n_ctrl:
+        logger.warning("%s: %d out-of-sample control well(s): no p-values or hits", source, n_ctrl)
+    if method == "conformal" and n_ctrl and 1.0 / (n_ctrl + 1) > hit_q:
         logger.warning(
-            "%s: %d of the checkpoint's %d calibration wells are missing from the table",
-            source, n_expected - n_cal, n_expected,
+            "%s: with %d control wells the smallest conformal p-value is 1/%d = %.3g > hit_q %g, "
+            "so no well can be a hit; use novelty.pvalue: gaussian (or auto) or add control wells",
+            source, n_ctrl, n_ctrl + 1, 1.0 / (n_ctrl + 1), hit_q,
         )
-    if 1.0 / (n_cal + 1) > hit_q:
-        logger.warning(
-            "%s: with %d calibration wells the smallest p-value is 1/%d = %.3g > hit_q %g, so no "
-            "well can be a hit; add control wells or raise novelty.calibration_fraction",
-            source, n_cal, n_cal + 1, 1.0 / (n_cal + 1), hit_q,
-        )
-    cal_scores = score[is_cal]
-    pvals = conformal_pvalues(score, cal_scores)
-    pvals[is_cal] = leave_one_out_pvalues(cal_scores)
-    excluded = wells[PERT_TYPE].astype(str).isin([str(t) for t in exclude_pert_types]).to_numpy()
-    tested = (wlabels == NO_SPLIT) & ~excluded
-    qvals = bh_qvalues(np.where(tested, pvals, np.nan))
+    qvals = stats.benjamini_hochberg(np.where(tested, pvals, np.nan))
     hits = tested & (qvals <= hit_q)
 
+    wells[NOVELTY_SCORE] = np.exp(log_score)
     wells[NOVELTY_PVALUE] = pvals
     wells[NOVELTY_QVALUE] = qvals
     wells[NOVELTY_HIT] = hits.astype(bool)
-    wells[NOVELTY_SPLIT] = wlabels.astype(str)
-    counts = {name: int((wlabels == name).sum()) for name in ("train", "val", "calibration")}
+    wells[NOVELTY_SPLIT] = np.where(is_ctrl, CROSSFIT, NO_SPLIT).astype(str)
+    wells[NOVELTY_ROBUST_Z] = plate_robust_z(wells[PLATE].astype(str).to_numpy(), log_score, is_ctrl,
+                                             source=source)
+    zprime = plate_zprime(wells, is_ctrl)
+    wells[NOVELTY_PLATE_ZPRIME] = wells[PLATE].astype(str).map(zprime).astype(np.float64)
     logger.info(
-        "%s: scored %d rows in %d wells; null from %d calibration wells (smallest p %.3g); "
-        "tested %d wells (not tested: %d train, %d val control wells, %d excluded by pert_type); "
-        "%d hit(s) at q <= %g",
-        source, len(profiles), len(wells), n_cal, 1 / (n_cal + 1), int(tested.sum()),
-        counts["train"], counts["val"], int(((wlabels == NO_SPLIT) & excluded).sum()),
-        int(hits.sum()), hit_q,
+        "%s: scored %d rows in %d wells with %d cross-fitted model(s); null from %d out-of-sample "
+        "control wells (%s p-values); tested %d wells (%d excluded by pert_type); %d hit(s) at "
+        "q <= %g; Z' per plate: %s",
+        source, len(profiles), len(wells), len(crossfit.models), n_ctrl, method, int(tested.sum()),
+        int((~is_ctrl & excluded).sum()), int(hits.sum()), hit_q,
+        ", ".join(f"{p} {z:.2f}" for p, z in zprime.items()) or "n/a",
     )
     return NoveltyScores(
-        novelty=wells,
-        residuals=residuals,
-        n_calibration=n_cal,
-        n_tested=int(tested.sum()),
-        n_hits=int(hits.sum()),
+        novelty=wells, residuals=residuals, n_controls=n_ctrl, n_tested=int(tested.sum()),
+        n_hits=int(hits.sum()), pvalue_method=method, zprime=zprime,
     )
+
+
+# --- plate readout --------------------------------------------------------------------------------
+def plate_robust_z(plates: np.ndarray, log_score: np.ndarray, is_ctrl: np.ndarray, *,
+                   source: str = "profiles") -> np.ndarray:
+    """Robust z of each well's log score against its plate's control wells (:mod:`cytoscreen.stats`);
+    the screen's control wells for plates with fewer than :data:`MIN_PLATE_CONTROLS`."""
+    z = np.full(len(log_score), np.nan)
+    screen_ref = log_score[is_ctrl & np.isfinite(log_score)]
+    pooled = []
+    for plate in dict.fromkeys(plates):
+        on = plates == plate
+        ref = log_score[on & is_ctrl & np.isfinite(log_score)]
+        if len(ref) < MIN_PLATE_CONTROLS:
+            pooled.append(str(plate))
+            ref = screen_ref
+        if len(ref):
+            z[on] = stats.robust_z(log_score[on], ref)
+    if pooled and len(screen_ref):
+        logger.warning(
+            "%s: plate(s) %s have fewer than %d control wells; their robust z uses the screen's %d",
+            source, ", ".join(pooled[:5]), MIN_PLATE_CONTROLS, len(screen_ref),
+        )
+    return z
+
+
+def plate_zprime(wells: pd.DataFrame, is_ctrl: np.ndarray) -> dict[str, float]:
+    """Z'-factor per plate of ``Metadata_Novelty_RobustZ``, poscon vs out-of-sample control wells."""
+    is_pos = pert_type_mask(wells, "poscon")
+    z = wells[NOVELTY_ROBUST_Z].to_numpy(dtype=np.float64)
+    plates = wells[PLATE].astype(str).to_numpy()
+    return {
+        str(p): stats.z_prime(z[(plates == p) & is_pos], z[(plates == p) & is_ctrl])
+        for p in dict.fromkeys(plates)
+    }
 
 
 def _well_table(
-    profiles: pd.DataFrame, meta_cols: list[str], row_score: np.ndarray, site_aggregate: str
-) -> pd.DataFrame:
-    """One row per well with its metadata and ``Metadata_Novelty_Score``."""
+    profiles: pd.DataFrame, meta_cols: list[str], row_scores: np.ndarray, site_aggregate: str
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per well with its metadata, and its ``(wells, K)`` scores under each model."""
     keep = [c for c in meta_cols if c not in NOVELTY_COLUMNS]
     if SITE not in profiles.columns:
-        wells = profiles[keep].reset_index(drop=True).copy()
-        wells[NOVELTY_SCORE] = row_score
-        return wells
+        return profiles[keep].reset_index(drop=True).copy(), row_scores
     frame = profiles[keep].reset_index(drop=True).copy()
-    frame["_score"] = row_score
     group = frame.groupby([PLATE, WELL], sort=False, dropna=False)
     cols = [c for c in keep if c not in (PLATE, WELL, SITE)]
     varying = [c for c in cols if (group[c].nunique(dropna=False) > 1).any()]
@@ -291,5 +407,5 @@ def _well_table(
     wells = wells[[c for c in keep if c in set(wells.columns)]]
     if N_SITES not in wells.columns:
         wells[N_SITES] = group.size().to_numpy()
-    wells[NOVELTY_SCORE] = group["_score"].agg(site_aggregate).to_numpy()
-    return wells
+    scores = pd.DataFrame(row_scores).groupby(group.ngroup().to_numpy(), sort=True).agg(site_aggregate)
+    return wells, scores.to_numpy(dtype=np.float64).reshape(len(wells), row_scores.shape[1])

@@ -1,11 +1,13 @@
-"""Training the novelty autoencoder: the Trainer built from config, and one ``fit``.
+"""Training the cross-fitted novelty autoencoders: the Trainer built from config, one ``fit`` per fold.
 
 ``novelty.trainer`` keys pass straight to ``pytorch_lightning.Trainer`` (``accelerator``,
 ``devices``, ``strategy``, ``num_nodes``, ``precision``, ``max_epochs``, or any other Trainer
 argument), so the same code runs on one CPU, under DDP on N GPUs, and on SLURM (see
 :mod:`cytoscreen.compute`: in a one-task job Lightning starts the N processes itself; with one task
 per device ``SLURMEnvironment`` with ``auto_requeue`` takes over).  Early stopping
-and checkpointing watch the validation loss of the held-out validation wells.
+and checkpointing watch the validation loss of each model's validation wells.  The ``K`` models
+(one per fold of :func:`cytoscreen.novelty.data.crossfit_folds`) train one after the other in the
+same process, so every DDP rank runs the same fits in the same order.
 """
 
 from __future__ import annotations
@@ -29,25 +31,18 @@ from pytorch_lightning.loggers import CSVLogger
 
 from cytoscreen.compute import lightning_cluster_plugins
 from cytoscreen.errors import ComputeError, ConfigError
-from cytoscreen.novelty.data import NoveltyDataModule, NoveltySplit
-from cytoscreen.novelty.model import NoveltyAutoencoder
+from cytoscreen.io import SITE
+from cytoscreen.novelty.data import (
+    NoveltyDataModule,
+    NoveltyFolds,
+    check_profiles,
+    crossfit_folds,
+)
+from cytoscreen.novelty.model import CrossFitModel, NoveltyAutoencoder
+from cytoscreen.novelty.settings import NoveltySettings
 
 logger = logging.getLogger(__name__)
 
-#: Config keys of the ``novelty`` section that build the model (same names as its init).
-MODEL_KEYS = ("hidden_sizes", "latent_size", "dropout", "noise_std", "learning_rate", "weight_decay")
-#: Config keys of the ``novelty`` section that build the data module.
-DATA_KEYS = (
-    "reference",
-    "val_fraction",
-    "calibration_fraction",
-    "min_train_wells",
-    "min_val_wells",
-    "min_calibration_wells",
-    "batch_size",
-    "num_workers",
-    "seed",
-)
 MONITOR = "val_loss"
 #: Checkpoint key of the provenance record.
 PROVENANCE_KEY = "cytoscreen"
@@ -74,16 +69,20 @@ def _quiet_lightning() -> Iterator[None]:
 class TrainResult:
     """Outcome of :func:`train` on this process.
 
-    ``model`` holds the weights of ``checkpoint`` (the epoch with the lowest ``val_loss``) on the
-    global-zero process, in eval mode; ``epochs`` is the number of epochs run.
+    ``crossfit`` holds, on the global-zero process, each fold's weights of the epoch with the
+    lowest ``val_loss`` (eval mode); ``epochs`` the epochs each fit ran.
     """
 
-    model: NoveltyAutoencoder
-    split: NoveltySplit
-    checkpoint: Path | None
-    best_val_loss: float | None
-    epochs: int
+    crossfit: CrossFitModel
     is_global_zero: bool
+
+    @property
+    def folds(self) -> NoveltyFolds:
+        return self.crossfit.folds
+
+    @property
+    def models(self) -> tuple[NoveltyAutoencoder, ...]:
+        return self.crossfit.models
 
 
 class _EpochLog(Callback):
@@ -98,7 +97,7 @@ class _EpochLog(Callback):
             for name in ("train_loss", MONITOR)
             if name in metrics
         ]
-        logger.info("epoch %d/%s: %s", trainer.current_epoch + 1, trainer.max_epochs, " ".join(parts))
+        logger.debug("epoch %d/%s: %s", trainer.current_epoch + 1, trainer.max_epochs, " ".join(parts))
 
 
 class _Provenance(Callback):
@@ -209,78 +208,91 @@ def build_trainer(
     return trainer, checkpoint
 
 
-def build_model(features: list[str], novelty: Mapping[str, Any]) -> NoveltyAutoencoder:
-    """The autoencoder from the ``novelty`` config section."""
-    return NoveltyAutoencoder(features, **{k: novelty[k] for k in MODEL_KEYS if k in novelty})
+def build_model(features: list[str], settings: NoveltySettings) -> NoveltyAutoencoder:
+    """The autoencoder from the novelty settings."""
+    return NoveltyAutoencoder(features, **settings.model_kwargs())
 
 
 def train(
     profiles: pd.DataFrame,
     *,
-    novelty: Mapping[str, Any],
+    settings: NoveltySettings,
     root_dir: str | os.PathLike,
     log_dir: str | os.PathLike | None = None,
     source: str = "profiles",
     provenance: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train the autoencoder on the control rows of ``profiles``.
+    """Train one autoencoder per cross-fitting fold on the control rows of ``profiles``.
 
     Parameters
     ----------
     profiles
-        Well (or site) profiles of the screen; the control rows are selected and split inside.
-    novelty
-        The ``novelty`` config section (schema defaults filled in).
+        Well (or site) profiles of the screen; the control rows are selected and dealt into folds
+        inside (:func:`~cytoscreen.novelty.data.crossfit_folds`).
+    settings
+        The novelty settings (:meth:`NoveltySettings.from_config`).
     root_dir
-        Work folder for checkpoints; the best checkpoint is ``result.checkpoint`` inside it.
+        Work folder for the per-fold Lightning checkpoints (``fold_<k>/checkpoints``).
     log_dir
-        Folder for the per-epoch CSV metrics; default ``root_dir``.
+        Folder for the per-epoch CSV metrics (``fold_<k>/metrics.csv``); default ``root_dir``.
     provenance
-        Record stored in the checkpoint.
+        Record stored in every Lightning checkpoint.
 
     Returns
     -------
     TrainResult
-        On every process; only the global-zero process should write outputs.
+        On every process; only the global-zero process should write outputs.  With fewer than
+        :data:`~cytoscreen.novelty.data.MIN_CONTROL_WELLS` control wells it holds no model (a
+        warning was logged) and scoring gives NaN scores.
     """
-    dm = NoveltyDataModule(
-        profiles, source=source, **{k: novelty[k] for k in DATA_KEYS if k in novelty}
+    features = check_profiles(profiles, source=source)
+    folds = crossfit_folds(
+        profiles, reference=settings.reference, folds=settings.folds,
+        val_fraction=settings.val_fraction, seed=settings.seed, source=source,
     )
-    dm.setup("fit")  # fail early, before any process is launched, on too few wells
-    pl.seed_everything(int(novelty.get("seed", 0)), workers=True, verbose=False)
-    model = build_model(dm.features, novelty)
-    trainer, ckpt_cb = build_trainer(
-        novelty.get("trainer", {}),
-        root_dir=root_dir,
-        log_dir=log_dir,
-        patience=int(novelty.get("patience", 20)),
-        min_delta=float(novelty.get("min_delta", 0.0)),
-        auto_requeue=bool(novelty.get("auto_requeue", True)),
-        provenance=provenance,
-    )
-    with _quiet_lightning():
-        trainer.fit(model, datamodule=dm)
-        best = ckpt_cb.best_model_path
-        if not best:  # fast_dev_run or no validation: keep the final weights
-            best = str(Path(root_dir) / "checkpoints" / "last.ckpt")
-            trainer.save_checkpoint(best)
-        elif trainer.is_global_zero:  # the returned model is the checkpoint's (best) epoch
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            model.load_state_dict(state)
-    model.eval()
-    score = ckpt_cb.best_model_score
-    result = TrainResult(
-        model=model,
-        split=dm.split,
-        checkpoint=Path(best),
-        best_val_loss=float(score) if score is not None else None,
-        epochs=int(trainer.current_epoch),
-        is_global_zero=bool(trainer.is_global_zero),
-    )
-    if trainer.is_global_zero:
-        logger.info(
-            "trained %d epoch(s) on %d devices x %d node(s); best val_loss %s (%s)",
-            result.epochs, trainer.num_devices, trainer.num_nodes,
-            "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.5g}", best,
+    level = "site" if SITE in profiles.columns else "well"
+    root_dir = Path(root_dir)
+    log_dir = Path(log_dir) if log_dir is not None else root_dir
+    models, losses, epochs, is_zero = [], [], [], True
+    for k in range(len(folds)):
+        dm = NoveltyDataModule(
+            profiles, train_wells=folds.train(k), val_wells=folds.val[k], features=features,
+            batch_size=settings.batch_size, num_workers=settings.num_workers, source=source,
         )
-    return result
+        dm.setup("fit")
+        pl.seed_everything(int(settings.seed) + k, workers=True, verbose=False)
+        model = build_model(features, settings)
+        trainer, ckpt_cb = build_trainer(
+            settings.trainer,
+            root_dir=root_dir / f"fold_{k}",
+            log_dir=log_dir / f"fold_{k}",
+            patience=settings.patience,
+            min_delta=settings.min_delta,
+            auto_requeue=settings.auto_requeue,
+            provenance=provenance,
+        )
+        with _quiet_lightning():
+            trainer.fit(model, datamodule=dm)
+            best = ckpt_cb.best_model_path
+            if best and trainer.is_global_zero:  # the kept model is the checkpoint's (best) epoch
+                state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+                model.load_state_dict(state)
+        model.eval()
+        score = ckpt_cb.best_model_score
+        models.append(model)
+        losses.append(float(score) if score is not None else None)
+        epochs.append(int(trainer.current_epoch))
+        is_zero = bool(trainer.is_global_zero)
+        if is_zero:
+            logger.info(
+                "fold %d/%d: trained on %d control wells (%d val, %d held out) for %d epoch(s) on "
+                "%d device(s) x %d node(s); best val_loss %s",
+                k + 1, len(folds), len(folds.train(k)), len(folds.val[k]), len(folds.held_out[k]),
+                epochs[-1], trainer.num_devices, trainer.num_nodes,
+                "n/a" if losses[-1] is None else f"{losses[-1]:.5g}",
+            )
+    crossfit = CrossFitModel(
+        models=tuple(models), folds=folds, features=tuple(features), reference=settings.reference,
+        level=level, best_val_loss=tuple(losses), epochs=tuple(epochs),
+    )
+    return TrainResult(crossfit=crossfit, is_global_zero=is_zero)

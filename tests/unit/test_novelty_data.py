@@ -1,6 +1,8 @@
-"""Control-well split and DataModule of the novelty stage (no training here)."""
+"""Cross-fitting folds and DataModule of the novelty stage (no training here)."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -8,16 +10,18 @@ import pytest
 import torch
 
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.io import PERT_TYPE, PLATE, SITE, WELL
+from cytoscreen.io import PERT_TYPE, PERTURBATION, PLATE, SITE, WELL
 from cytoscreen.novelty.data import (
+    CROSSFIT,
     NO_SPLIT,
     NoveltyDataModule,
-    NoveltySplit,
+    NoveltyFolds,
     check_profiles,
-    split_wells,
+    crossfit_folds,
     well_keys,
 )
-from tests.fixtures.novelty import synthetic_wells, to_sites
+from cytoscreen.novelty.settings import NoveltySettings
+from tests.fixtures.novelty import novelty_config, synthetic_wells, to_sites
 
 torch.set_num_threads(1)
 
@@ -26,90 +30,124 @@ def _negcon_keys(df: pd.DataFrame) -> set:
     return {k for k, t in zip(well_keys(df), df[PERT_TYPE], strict=True) if t == "negcon"}
 
 
-def test_split_is_a_seeded_partition_of_the_control_wells_with_exact_sizes():
+def test_folds_partition_the_control_wells_seeded_with_balanced_sizes():
     df = synthetic_wells(n_plates=4, seed=0)  # 4 plates x 32 negcon wells
-    split = split_wells(df, val_fraction=0.15, calibration_fraction=0.3, seed=7)
-    sets = [set(split.train), set(split.val), set(split.calibration)]
-    assert set.union(*sets) == _negcon_keys(df)
-    assert sum(len(s) for s in sets) == 128  # disjoint
-    assert (len(split.calibration), len(split.val), len(split.train)) == (38, 19, 71)
-    assert split_wells(df, seed=7) == split_wells(df, seed=7)
-    assert split_wells(df, seed=7) != split_wells(df, seed=8)
+    folds = crossfit_folds(df, folds=5, val_fraction=0.15, seed=7)
+    assert len(folds) == 5
+    held = [set(f) for f in folds.held_out]
+    assert set.union(*held) == _negcon_keys(df)
+    assert sum(len(f) for f in held) == 128  # disjoint
+    assert sorted(len(f) for f in held) == [25, 25, 26, 26, 26]
+    for k in range(5):
+        train, val = set(folds.train(k)), set(folds.val[k])
+        assert not (train | val) & held[k]  # model k never sees fold k
+        assert train | val == _negcon_keys(df) - held[k] and not train & val
+        assert len(val) == round(0.15 * (128 - len(held[k])))
+    assert crossfit_folds(df, seed=7) == crossfit_folds(df, seed=7)
+    assert crossfit_folds(df, seed=7) != crossfit_folds(df, seed=8)
 
 
-def test_split_is_stratified_by_plate():
+def test_folds_are_stratified_by_plate():
     df = synthetic_wells(n_plates=4, seed=0)
-    split = split_wells(df, calibration_fraction=0.25, val_fraction=0.25, seed=1)
-    for name in ("train", "val", "calibration"):
-        per_plate = pd.Series([p for p, _ in getattr(split, name)]).value_counts()
+    folds = crossfit_folds(df, folds=4, seed=1)
+    for fold in folds.held_out:
+        per_plate = pd.Series([p for p, _ in fold]).value_counts()
         assert set(per_plate.index) == {"P1", "P2", "P3", "P4"}
-        assert per_plate.max() - per_plate.min() <= 1, name
+        assert per_plate.max() - per_plate.min() <= 1
 
 
-def test_split_round_trips_through_a_plain_dict_and_labels_rows():
+def test_folds_round_trip_through_a_plain_dict_and_label_rows():
     df = synthetic_wells(n_plates=2, seed=0)
-    split = split_wells(df, seed=0)
-    assert NoveltySplit.from_dict(split.to_dict()) == split
-    labels = split.labels(well_keys(df))
-    assert set(labels[df[PERT_TYPE].to_numpy() == "trt"]) == {NO_SPLIT}
-    assert (labels == "calibration").sum() == len(split.calibration)
+    folds = crossfit_folds(df, seed=0)
+    assert NoveltyFolds.from_dict(folds.to_dict()) == folds
+    keys = well_keys(df)
+    labels, fold_of = folds.labels(keys), folds.fold_of(keys)
+    is_trt = df[PERT_TYPE].to_numpy() == "trt"
+    assert set(labels[is_trt]) == {NO_SPLIT} and (fold_of[is_trt] == -1).all()
+    assert set(labels[~is_trt]) == {CROSSFIT}
+    assert np.bincount(fold_of[~is_trt]).tolist() == [len(f) for f in folds.held_out]
+    with pytest.raises(ValueError, match="not a novelty cross-fitting record"):
+        NoveltyFolds.from_dict({"held_out": []})
 
 
-def test_site_level_rows_of_a_well_never_cross_sets():
+def test_few_control_wells_warn_and_still_give_folds(caplog):
+    df = synthetic_wells(n_plates=1, negcon_cols=(1,), seed=0)  # 8 negcon wells
+    with caplog.at_level(logging.WARNING):
+        folds = crossfit_folds(df, folds=5, val_fraction=0.15, seed=0)
+    assert len(folds) == 5 and sum(len(f) for f in folds.held_out) == 8
+    assert [len(v) for v in folds.val] == [1] * 5  # round(0.15 * 6 or 7) = 1
+    tiny = df[(df[PERT_TYPE] == "trt") | df[WELL].isin(["A01", "B01", "C01"])]
+    with caplog.at_level(logging.WARNING):
+        folds = crossfit_folds(tiny, folds=5, seed=0)
+    assert len(folds) == 3 and all(len(f) == 1 for f in folds.held_out)
+    assert folds.val == ((), (), ())  # 2 training wells each: no validation wells
+    assert "3 folds instead of novelty.folds = 5" in caplog.text
+    assert "early stopping watches the training loss" in caplog.text
+
+
+def test_no_or_two_control_wells_give_no_folds_and_a_warning(caplog):
+    df = synthetic_wells(n_plates=1, seed=0)
+    df[PERT_TYPE] = "trt"
+    df[PERTURBATION] = "x"  # no DMSO either (the negcon rule's fallback)
+    with caplog.at_level(logging.WARNING):
+        folds = crossfit_folds(df)
+    assert len(folds) == 0 and folds.controls == ()
+    assert "only 0 negcon control well(s)" in caplog.text
+
+
+def test_controls_follow_the_one_negcon_rule():
+    df = synthetic_wells(n_plates=1, seed=0)
+    expected = _negcon_keys(df)
+    df[PERT_TYPE] = df[PERT_TYPE].map({"negcon": " NegCon", "trt": "trt"})
+    assert set(crossfit_folds(df).controls) == expected
+    # no negcon pert_type at all: the DMSO wells are the controls
+    assert set(crossfit_folds(df.assign(Metadata_pert_type="trt")).controls) == expected
+
+
+def test_site_level_rows_of_a_well_stay_in_its_fold():
     sites = to_sites(synthetic_wells(n_plates=2, seed=0), n_sites=3)
-    dm = NoveltyDataModule(sites, seed=3)
-    dm.setup("fit")
-    assert dm.level == "site"
-    labels = pd.Series(dm.split.labels(well_keys(sites)))
-    per_well = labels.groupby([sites[PLATE], sites[WELL]]).nunique()
+    folds = crossfit_folds(sites, seed=3)
+    fold_of = pd.Series(folds.fold_of(well_keys(sites)))
+    per_well = fold_of.groupby([sites[PLATE], sites[WELL]]).nunique()
     assert per_well.max() == 1
-    n_rows = {name: len(dm._sets[name]) for name in ("train", "val", "calibration")}
-    assert n_rows == {name: 3 * len(getattr(dm.split, name)) for name in n_rows}
-    assert SITE in sites.columns
+    dm = NoveltyDataModule(sites, train_wells=folds.train(0), val_wells=folds.val[0])
+    dm.setup("fit")
+    assert dm.level == "site" and SITE in sites.columns
+    assert len(dm._sets["train"]) == 3 * len(folds.train(0))
+    assert len(dm._sets["val"]) == 3 * len(folds.val[0])
 
 
-def test_datamodule_builds_float32_sets_and_saves_the_split_in_its_state():
+def test_datamodule_holds_exactly_its_wells_rows_as_float32():
     df = synthetic_wells(n_plates=2, seed=0)
-    dm = NoveltyDataModule(df, batch_size=16, seed=0)
-    assert dm.state_dict() == {}
+    folds = crossfit_folds(df, seed=0)
+    dm = NoveltyDataModule(df, train_wells=folds.train(1), val_wells=folds.val[1], batch_size=16)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))[0]
     assert batch.dtype == torch.float32 and batch.shape == (16, 24)
-    labels = dm.split.labels(well_keys(df))
+    keys = well_keys(df)
     feats = df.columns[6:]
-    for name in ("train", "val", "calibration"):  # each set holds exactly its wells' rows
-        expected = df.loc[labels == name, feats].to_numpy(np.float32)
+    for name, wells in (("train", folds.train(1)), ("val", folds.val[1])):
+        expected = df.loc[[k in set(wells) for k in keys], feats].to_numpy(np.float32)
         np.testing.assert_array_equal(dm._sets[name].tensors[0].numpy(), expected)
-    assert len(dm.test_dataloader().dataset) == len(dm.split.calibration)
-    state = dm.state_dict()
-    assert NoveltySplit.from_dict(state["split"]) == dm.split
-    assert state["reference"] == "negcon" and state["level"] == "well"
-    other = NoveltyDataModule(df, seed=0)
-    other.load_state_dict(state)  # same table and seed: accepted
-    changed = NoveltyDataModule(df, seed=1)
-    with pytest.raises(InputDataError, match="split stored in the checkpoint differs"):
-        changed.load_state_dict(state)
+    # no validation wells: validation runs on the training rows
+    same = NoveltyDataModule(df, train_wells=folds.train(1), val_wells=())
+    same.setup("fit")
+    np.testing.assert_array_equal(same._sets["val"].tensors[0].numpy(), same._sets["train"].tensors[0].numpy())
 
 
-def test_too_few_control_wells_names_the_count_and_the_minimum():
-    df = synthetic_wells(n_plates=1, negcon_cols=(1, 12), seed=0)  # 16 negcon wells
-    with pytest.raises(InputDataError) as err:
-        split_wells(df, min_calibration_wells=10)
-    msg = str(err.value)
-    assert "16 well(s)" in msg and "calibration 5 < 10" in msg and "min_calibration_wells" in msg
-
-
-def test_no_control_wells_at_all():
-    df = synthetic_wells(n_plates=1, seed=0)
-    df[PERT_TYPE] = "trt"
-    with pytest.raises(InputDataError, match=r"0 well\(s\) with Metadata_pert_type == 'negcon'"):
-        split_wells(df)
-
-
-def test_fractions_that_leave_nothing_to_train_on_are_a_config_error():
-    df = synthetic_wells(n_plates=1, seed=0)
-    with pytest.raises(ConfigError, match="sum to less than 1"):
-        split_wells(df, val_fraction=0.5, calibration_fraction=0.5)
+def test_settings_from_config():
+    settings = NoveltySettings.from_config(novelty_config(folds=3, threads=2))
+    assert settings.folds == 3 and settings.threads == 2 and settings.hidden_sizes == (32,)
+    assert settings.exclude_pert_types == ("empty",) and settings.trainer["accelerator"] == "cpu"
+    assert settings.model_kwargs()["latent_size"] == 4
+    with pytest.raises(ConfigError, match="unknown key"):
+        NoveltySettings.from_config({"calibration_fraction": 0.3})
+    with pytest.raises(ConfigError, match="folds must be at least 2"):
+        settings.replace(folds=1)
+    with pytest.raises(ConfigError, match="novelty.pvalue"):
+        settings.replace(pvalue="bootstrap")
+    with pytest.raises(AttributeError):
+        settings.folds = 4  # frozen
 
 
 def test_nan_features_are_reported_with_count_and_columns():
@@ -125,8 +163,9 @@ def test_nan_features_are_reported_with_count_and_columns():
 
 def test_missing_key_columns_and_duplicate_wells():
     df = synthetic_wells(n_plates=1, seed=0)
-    with pytest.raises(InputDataError, match="missing column.*Metadata_pert_type"):
-        check_profiles(df.drop(columns=[PERT_TYPE]))
+    with pytest.raises(InputDataError, match="missing column.*Metadata_Plate"):
+        check_profiles(df.drop(columns=[PLATE]))
+    assert len(check_profiles(df.drop(columns=[PERT_TYPE]))) == 24  # controls may come from DMSO
     with pytest.raises(InputDataError, match="listed more than once.*P1 A01"):
         check_profiles(pd.concat([df, df.iloc[:1]], ignore_index=True))
 

@@ -1,6 +1,6 @@
 # Novelty: an autoencoder trained on the screen's control wells (one job for the whole screen;
 # Lightning DDP over novelty.trainer.devices GPUs when accelerator is gpu), then every well scored
-# (conformal p-values against held-out control wells, BH q-values, hit calls, residuals).
+# (cross-fitted: every control scored out of sample; p-values, BH q-values, hits, plate z, residuals).
 
 from cytoscreen.compute import gpu_resources, threads_per_process
 
