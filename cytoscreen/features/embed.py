@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from cytoscreen import compute, io
 from cytoscreen.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, create_backbone
-from cytoscreen.errors import ComputeError, ConfigError
+from cytoscreen.errors import ComputeError, ConfigError, CytoscreenError
 from cytoscreen.features import preprocess as pp
 from cytoscreen.features.dataset import SiteDataset, SiteTable, build_site_table, fit_reference, site_label
 
@@ -397,7 +397,13 @@ def extract_features(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*predict_dataloader.*num_workers.*")
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        try:
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        except BaseException as err:
+            shutil.rmtree(writer.shard_dir, ignore_errors=True)  # a failed run leaves no shards behind
+            if isinstance(err, CytoscreenError):
+                raise worker_error(err) from None
+            raise
     elapsed = time.perf_counter() - t0
     written = Path(out) if trainer.is_global_zero else None
     if written is not None:
@@ -405,6 +411,22 @@ def extract_features(
                     label, written, len(table), len(names), elapsed, len(table) / max(elapsed, 1e-9))
     return FeatureResult(out=written, n_sites=len(table), n_skipped=len(table.skipped),
                          n_features=len(names), spec=spec, predict_s=elapsed)
+
+
+def worker_error(err: CytoscreenError) -> CytoscreenError:
+    """The error a DataLoader worker raised, without the worker's traceback.
+
+    torch re-raises a worker's exception as the same type, its message prefixed with "Caught ... in
+    DataLoader worker process k" and the worker's whole traceback; the CLI prints messages, so keep
+    the worker's own message (the text after the last ``<module>.<Class>: ``).
+    """
+    text = str(err)
+    if "Original Traceback" not in text:
+        return err
+    cls = type(err)
+    marker = f"\n{cls.__module__}.{cls.__qualname__}: "
+    at = text.rfind(marker)
+    return cls(text[at + len(marker):].strip() if at >= 0 else text.rstrip().splitlines()[-1])
 
 
 def _log_skipped(table: SiteTable, label: str, qc_source: str) -> None:
