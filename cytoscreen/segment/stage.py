@@ -97,7 +97,7 @@ def segment_plate(
     qc = io.read_table(qc_path) if qc_path else None
     channels = [settings.nuclei_channel] + ([settings.cell_channel] if settings.cell_channel else [])
     sites = sg.site_table(images, channels, source=str(images_path))
-    skip = sg.qc_flagged(sites, qc, "QC_unreadable")
+    skip = sg.qc_flagged(sites, qc, io.QC_UNREADABLE)
     logger.info("plate %s: %d sites from %s; nuclei on %s%s, %s", plate, len(sites), images_path,
                 settings.nuclei_channel,
                 f", cells on {settings.cell_channel} + {settings.nuclei_channel}" if settings.cell_channel else "",
@@ -221,7 +221,7 @@ def crop_plate(
         raise ConfigError("segment.crops.size_px must be at least 1")
     sites = sg.site_table(images, channels, source=str(images_path))
     qc = io.read_table(qc_path) if qc_path else None
-    skip = sg.qc_flagged(sites, qc, "QC_unreadable")
+    skip = sg.qc_flagged(sites, qc, io.QC_UNREADABLE)
 
     def labels_for(row) -> np.ndarray | None:
         path = cr.mask_path(masks_dir, row[io.PLATE], row[io.WELL], row[io.SITE], kind="nuclei")
