@@ -8,6 +8,7 @@ bounded by a batch, never a plate.  An image that cannot be decoded is recorded
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import InputDataError
-from cytoscreen.qc.metrics import image_metrics, metric_column, nan_metrics
+from cytoscreen.qc.metrics import image_metrics, metric_column, nan_metrics, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,7 @@ def _measure_site(records: list[tuple[str, str, int, float | None, float]]) -> d
     for channel, path, frame, bits, scale in records:
         try:
             img = io.read_image(path, frame)
-            full = io.image_full_scale(img, bits)
-            if scale != 1.0:  # ingest.on_mixed_bit_depth: rescale
-                img = img.astype(np.float32) * np.float32(scale)
-                full *= scale
-            metrics = image_metrics(img, full)
+            metrics = image_metrics(img, io.image_full_scale(img, bits), scale=scale)
         except InputDataError as err:
             logger.warning("QC_unreadable: %s", err)
             unreadable = True
@@ -63,10 +60,25 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[i : i + size]
 
 
-def measure(images: pd.DataFrame, *, batch_size: int = 16, threads: int = 2) -> pd.DataFrame:
-    """Per-site metrics of an ``images.parquet`` table; one row per site with its metadata."""
+def worker_count(threads: int | None) -> int:
+    """``threads``, or every core this process may use when it is 0 or None."""
+    if threads:
+        return int(threads)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def measure(images: pd.DataFrame, *, batch_size: int = 16, threads: int = 0) -> pd.DataFrame:
+    """Per-site metrics of an ``images.parquet`` table; one row per site with its metadata.
+
+    ``threads`` reader threads (0: every core); ``batch_size`` sites are in flight per thread.
+    """
     if images.empty:
         raise InputDataError("QC: the image table is empty")
+    warm_up()
+    threads = worker_count(threads)
     sites = _site_groups(images)
     meta_cols = [c for c in images.columns if c.startswith(io.METADATA_PREFIX) and c not in _IMAGE_ONLY]
     rows = []
@@ -75,16 +87,16 @@ def measure(images: pd.DataFrame, *, batch_size: int = 16, threads: int = 2) -> 
         from tqdm import tqdm
 
         progress = tqdm(total=len(sites), desc="QC", unit="site", file=sys.stderr)
-    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         done = 0
-        for batch in _batches(sites, batch_size):
+        for batch in _batches(sites, batch_size * threads):
             results = pool.map(_measure_site, [_records(s) for s in batch])
             for site, result in zip(batch, results, strict=True):
                 rows.append({**site.iloc[0][meta_cols].to_dict(), **result})
             done += len(batch)
             if progress is not None:
                 progress.update(len(batch))
-            elif done % max(batch_size * 16, 1) < batch_size or done == len(sites):
+            elif done % max(batch_size * threads * 16, 1) < batch_size * threads or done == len(sites):
                 logger.info("QC: measured %d/%d sites", done, len(sites))
     if progress is not None:
         progress.close()

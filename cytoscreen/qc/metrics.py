@@ -27,27 +27,80 @@ def metric_column(channel: str, metric: str) -> str:
     return f"{io.METADATA_PREFIX}{channel}_{metric}"
 
 
-def image_metrics(img: np.ndarray, full_scale: float | None = None) -> dict[str, float]:
-    """QC metrics of one 2-D image; ``full_scale`` defaults to :func:`cytoscreen.io.image_full_scale`."""
+def image_metrics(img: np.ndarray, full_scale: float | None = None, scale: float = 1.0) -> dict[str, float]:
+    """QC metrics of one 2-D image.
+
+    ``full_scale`` defaults to :func:`cytoscreen.io.image_full_scale`; ``scale`` multiplies the
+    image's values first (``ingest.on_mixed_bit_depth: rescale``), which scales the intensities and
+    the full scale alike and leaves the focus score and the saturated fraction as they are.  8- and
+    16-bit images are measured by GIL-free exact integer kernels (:mod:`cytoscreen.qc._kernels`),
+    others by numpy; both give the same values.
+    """
     full = io.image_full_scale(img) if full_scale is None else float(full_scale)
-    x = img.astype(np.float32, copy=False)
-    mean = float(x.mean())
-    var = float(x.var())
-    if var > 0 and min(x.shape) > 2:
-        lap = (-4.0 * x[1:-1, 1:-1] + x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:])
-        focus = float(lap.var() / var)
+    if img.dtype in (np.uint8, np.uint16) and img.ndim == 2 and img.size < _MAX_KERNEL_PIXELS:
+        m = _integer_metrics(img, full)
     else:
-        focus = np.nan
-    median, p999 = _percentiles(img, (50.0, 99.9))
+        m = _numpy_metrics(img, full)
+    if scale != 1.0:
+        for k in ("MeanIntensity", "StdIntensity", "MedianIntensity", "P999Intensity"):
+            m[k] *= scale
+    return m
+
+
+#: Above this many pixels the kernels' int64 sums could overflow: numpy instead.
+_MAX_KERNEL_PIXELS = 1 << 26
+
+
+def _finish(focus: float, saturated: float, mean: float, std: float, median: float, p999: float,
+            full: float) -> dict[str, float]:
     return {
         "FocusScore": focus,
-        "SaturationFraction": float(np.count_nonzero(img >= full) / img.size),
+        "SaturationFraction": saturated,
         "MeanIntensity": mean,
-        "StdIntensity": float(np.sqrt(var)),
+        "StdIntensity": std,
         "MedianIntensity": median,
         "P999Intensity": p999,
         "Contrast": p999 / max(median, 1e-6 * full, 1e-12),
     }
+
+
+def _integer_metrics(img: np.ndarray, full: float) -> dict[str, float]:
+    from cytoscreen.qc import _kernels
+
+    nbins = 256 if img.dtype == np.uint8 else 65536
+    sat_from = int(np.ceil(full)) if np.isfinite(full) else nbins
+    hist, s, ss, ls, lss, nsat = _kernels.int_image_sums(img, nbins, sat_from)
+    n = img.size
+    s, ss, ls, lss = int(s), int(ss), int(ls), int(lss)
+    var = (n * ss - s * s) / (n * n)  # exact integers, then one division
+    focus = np.nan
+    if var > 0 and min(img.shape) > 2:
+        m = (img.shape[0] - 2) * (img.shape[1] - 2)
+        focus = (m * lss - ls * ls) / (m * m) / var
+    median, p999 = _kernels.hist_percentiles(hist, _QS)
+    return _finish(float(focus), int(nsat) / n, s / n, float(np.sqrt(var)), float(median), float(p999), full)
+
+
+_QS = np.array([50.0, 99.9])
+
+
+def _numpy_metrics(img: np.ndarray, full: float) -> dict[str, float]:
+    """The reference definitions, for any dtype."""
+    x = img.astype(np.float32, copy=False)
+    var = float(x.var())
+    focus = np.nan
+    if var > 0 and min(x.shape) > 2:
+        lap = (-4.0 * x[1:-1, 1:-1] + x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:])
+        focus = float(lap.var() / var)
+    median, p999 = _percentiles(img, (50.0, 99.9))
+    return _finish(focus, float(np.count_nonzero(img >= full) / img.size), float(x.mean()), float(np.sqrt(var)),
+                   median, p999, full)
+
+
+def warm_up() -> None:
+    """Compile (or load from the on-disk cache) the kernels before threads call them."""
+    for dtype in (np.uint8, np.uint16):
+        _integer_metrics(np.arange(16, dtype=dtype).reshape(4, 4), 255.0)
 
 
 def nan_metrics() -> dict[str, float]:

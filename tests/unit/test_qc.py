@@ -136,3 +136,23 @@ def test_dead_and_constant_channels_flagged_via_cli(plate_images, tmp_path, caps
     # the other sites keep exactly the flags they had (2 blurry + 1 saturated in the synthetic truth)
     assert failed(qc).sum() == 3 + 3 and not qc.drop(index=["A05", "A06", "A07"])["QC_empty"].any()
     assert "flagged 2 QC_blurry, 1 QC_saturated, 1 QC_empty, 2 QC_constant" in err
+
+
+def test_integer_kernels_equal_numpy_reference():
+    from cytoscreen.qc.metrics import _integer_metrics, _numpy_metrics
+
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 65535, (37, 41), dtype=np.uint16), rng.integers(0, 255, (64, 3), dtype=np.uint8),
+              np.full((5, 5), 9, np.uint16), rng.normal(2000, 300, (256, 200)).clip(0).astype(np.uint16),
+              np.zeros((8, 8), np.uint8), np.full((3, 3), 65535, np.uint16)]
+    for img in images:
+        full = float(np.iinfo(img.dtype).max)
+        fast, ref = _integer_metrics(img, full), _numpy_metrics(img, full)
+        for k in METRICS:
+            assert np.isclose(fast[k], ref[k], rtol=1e-5, equal_nan=True), (img.dtype, img.shape, k)
+    assert _integer_metrics(np.full((4, 4), 7, np.uint16), 65535.0)["StdIntensity"] == 0.0  # exactly
+    # a 12-bit full scale inside uint16, and the rescale factor of a mixed plate
+    img = np.array([[4095, 10], [20, 30]], np.uint16)
+    assert image_metrics(img, 4095.0)["SaturationFraction"] == 0.25
+    scaled = image_metrics(img, 4095.0, scale=2.0)
+    assert scaled["MeanIntensity"] == pytest.approx(2 * img.mean()) and scaled["SaturationFraction"] == 0.25
