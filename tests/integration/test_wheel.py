@@ -57,7 +57,7 @@ def test_wheel_ships_schemas_and_report_assets(wheel_site):
     for schema in ("config", "plates", "platemap"):
         assert f"cytoscreen/schemas/{schema}.schema.yaml" in names
     assets = {n for n in names if n.startswith("cytoscreen/report/assets/")}
-    assert {"cytoscreen/report/assets/report.css", "cytoscreen/report/assets/report.js"} <= assets
+    assert {f"cytoscreen/report/assets/{n}" for n in ("report.css", "report.js", "page.html")} <= assets
     # the packaged schema is the one the workflow validates against
     packaged = zipfile.ZipFile(wheel).read("cytoscreen/schemas/config.schema.yaml").decode()
     assert packaged == (REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()
