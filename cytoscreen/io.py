@@ -261,8 +261,10 @@ def write_parquet(
     """Write a DataFrame (or a ``pyarrow.Table``) to Parquet atomically, with ``provenance`` in the
     file's key-value metadata.
 
-    Dictionary encoding and column statistics are kept for the metadata columns only: on float
-    feature columns they cost time (about 10x for wide embedding tables) and buy nothing.
+    Dictionary encoding, column statistics and zstd are kept for the metadata columns only: float
+    feature columns barely compress (zstd saves ~10% on CNN and CellProfiler features) and those
+    steps cost time (about 10x for wide embedding tables), so they are written with LZ4, which
+    decodes about twice as fast as zstd (``benchmarks/profiles.py``).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -275,7 +277,9 @@ def write_parquet(
     keyed = [f.name for f in table.schema
              if f.name.startswith((METADATA_PREFIX, QC_PREFIX)) or not pa.types.is_floating(f.type)]
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=keyed, write_statistics=keyed)
+        zstd = set(keyed)
+        codec = {f.name: "zstd" if f.name in zstd else "lz4" for f in table.schema}
+        pq.write_table(table, tmp, compression=codec, use_dictionary=keyed, write_statistics=keyed)
     logger.debug("wrote %s (%d rows x %d columns)", path, table.num_rows, table.num_columns)
     return Path(path)
 

@@ -37,14 +37,40 @@ def feature_matrix(
     """The features as one float matrix (missing values as NaN), read-only.
 
     No copy is made when the features already form one block of ``dtype`` in the table (as
-    :func:`cytoscreen.profiles.command.read_profiles` builds it), so callers must not write to it.
+    :func:`cytoscreen.profiles.stage.read_profiles` builds it), so callers must not write to it.
     """
     dtype = dtype or matrix_dtype(df, cols)
+    view = block_view(df, cols, dtype)
+    if view is not None:
+        return view
     sub = df[list(cols)]
     if all(pd.api.types.is_float_dtype(t) and not isinstance(t, pd.api.extensions.ExtensionDtype)
            for t in sub.dtypes):
         return sub.to_numpy(dtype=dtype, copy=False)
     return sub.to_numpy(dtype=dtype, na_value=np.nan)
+
+
+def block_view(df: pd.DataFrame, cols: Sequence[str], dtype: type) -> np.ndarray | None:
+    """A read-only (rows, features) view of ``cols`` when pandas holds them in one ``dtype`` block
+    at a constant column stride (as :func:`cytoscreen.profiles.stage.read_profiles` builds it);
+    None otherwise.  Selecting a list of columns would copy them in pandas 2."""
+    if len(cols) == 0 or not df.columns.is_unique:
+        return None
+    arrays = [df[c].to_numpy(copy=False) for c in cols]
+    first = arrays[0]
+    base = first.base
+    if base is None or first.ndim != 1 or first.dtype != np.dtype(dtype):
+        return None
+    if any(a.base is not base or a.dtype != first.dtype or a.strides != first.strides
+           or a.shape != first.shape for a in arrays):
+        return None
+    addresses = np.array([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)
+    step = int(addresses[1] - addresses[0]) if len(arrays) > 1 else first.itemsize * max(len(first), 1)
+    if step == 0 or not np.all(np.diff(addresses) == step):
+        return None
+    return np.lib.stride_tricks.as_strided(
+        first, shape=(len(first), len(cols)), strides=(first.strides[0], step), writeable=False
+    )
 
 
 def nonfinite_columns(x: np.ndarray) -> np.ndarray:

@@ -21,18 +21,19 @@ logger = logging.getLogger(__name__)
 ACTIONS = ("aggregate", "normalize", "select", "consensus")
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
 
-#: Feature columns decoded per read of a Parquet column chunk (bounds the read buffer).
-_READ_COLUMNS = 64
+#: Feature columns decoded per multi-threaded Parquet read (bounds Arrow's buffers to a few dozen MB).
+_READ_COLUMNS = 128
 
 
-# --- reading ----------------------------------------------------------------------------------------
 def read_profiles(path: str | Path):
-    """Read a profile table; Parquet features go straight into one float matrix.
+    """Read a profile table; Parquet features go straight into one float block.
 
-    A Parquet file whose features are all float columns is read a few columns at a time into one
-    preallocated float32 (float64 when any feature is float64) matrix, which the table then wraps
-    without copying: peak memory is about the matrix itself instead of Arrow's buffers plus the
-    pandas copy.  Other files go through :func:`cytoscreen.io.read_table`.
+    A Parquet file whose features are all float columns is decoded ``_READ_COLUMNS`` columns at a
+    time (Arrow's multi-threaded reader) into one preallocated float32 (float64 when any feature
+    is float64) array laid out as pandas' own block, which the table then wraps without copying;
+    the ``Metadata_*``/``QC_*`` columns are inserted beside it.  Peak memory is about the block
+    itself instead of Arrow's buffers plus pandas' copies; the result equals
+    ``pandas.read_parquet``.  Other files go through :func:`cytoscreen.io.read_table`.
     """
     import numpy as np
     import pandas as pd
@@ -49,31 +50,43 @@ def read_profiles(path: str | Path):
         names = list(schema.names)
         feats = [n for n in names if not n.startswith((io.METADATA_PREFIX, io.QC_PREFIX))]
         types = [schema.field(n).type for n in feats]
-        if not feats or not all(pa.types.is_floating(t) for t in types) or len(set(names)) < len(
-            names
-        ):
+        floats = bool(feats) and all(pa.types.is_floating(t) for t in types)
+        if not floats or len(set(names)) < len(names) or _has_pandas_index(schema):
             return io.read_table(p)
-        dtype = np.float32 if all(t == pa.float32() for t in types) else np.float64
+        small = (pa.float32(), pa.float16())
+        dtype = np.float32 if all(t in small for t in types) else np.float64
         n_rows = pf.metadata.num_rows
-        x = np.empty((n_rows, len(feats)), dtype=dtype)
-        row = 0
-        for g in range(pf.metadata.num_row_groups):
-            k = pf.metadata.row_group(g).num_rows
-            for j0 in range(0, len(feats), _READ_COLUMNS):
-                chunk = pf.read_row_group(g, columns=feats[j0 : j0 + _READ_COLUMNS])
-                x[row : row + k, j0 : j0 + chunk.num_columns] = np.column_stack(
-                    [col.to_numpy().astype(dtype, copy=False) for col in chunk.columns]
-                )
-            row += k
+        block = np.empty((len(feats), n_rows), dtype=dtype)  # pandas' layout: one row per column
+        for j0 in range(0, len(feats), _READ_COLUMNS):
+            part = pf.read(columns=feats[j0 : j0 + _READ_COLUMNS], use_threads=True)
+            for k, column in enumerate(part.columns):
+                row = 0
+                for chunk in column.chunks:
+                    block[j0 + k, row : row + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+                    row += len(chunk)
+            del part
         feat_set = set(feats)
         others = [n for n in names if n not in feat_set]
-        meta = pf.read(columns=others).to_pandas() if others else pd.DataFrame(index=range(n_rows))
+        meta = pf.read(columns=others, use_threads=True).to_pandas() if others else None
     except (OSError, ValueError, pa.ArrowException) as err:
         raise InputDataError(f"{p}: cannot read table ({err})") from err
-    table = pd.concat(
-        [meta.reset_index(drop=True), pd.DataFrame(x, columns=feats, copy=False)], axis=1
-    )
-    return table.loc[:, names]
+    table = pd.DataFrame(block.T, columns=pd.Index(feats, dtype=object), copy=False)
+    if meta is not None:
+        position = {name: i for i, name in enumerate(names)}
+        for name in others:  # in file order, each at its final position: features stay one block
+            table.insert(position[name], name, meta[name])
+    return table
+
+
+def _has_pandas_index(schema) -> bool:
+    """True if pandas stored an index in the file (``pandas.read_parquet`` would restore it)."""
+    import json
+
+    try:
+        index = json.loads((schema.metadata or {})[b"pandas"]).get("index_columns", [])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return any(isinstance(c, str) for c in index)
 
 
 def read_inputs(paths: Sequence[str | Path]):

@@ -118,7 +118,7 @@ def test_config_gives_defaults_and_flags_override(tmp_path, bbbc_parquet):
 def test_cli_defaults_and_choices_match_schema():
     props = load_schema("config")["properties"]["profiles"]["properties"]
     parsers = profiles_parsers()
-    assert set(parsers) == {"aggregate", "normalize", "select", "consensus"}
+    assert set(parsers) == {"aggregate", "normalize", "select", "consensus", "spherize", "pca", "harmony"}
     seen = set()
     for sub in parsers.values():
         for action in sub._actions:
@@ -227,8 +227,12 @@ def test_read_profiles_matches_pandas(tmp_path):
     got = read_profiles(path)
     pd.testing.assert_frame_equal(got, pd.read_parquet(path))
     feats = io.feature_columns(got)
-    x = got[feats].to_numpy(copy=False)
-    assert np.shares_memory(x, got[feats].to_numpy(copy=False))  # one block, no copy
+    pos = [got.columns.get_loc(c) for c in feats]
+    assert pos == list(range(pos[0], pos[0] + len(feats)))
+    block = got.iloc[:, pos[0] : pos[0] + len(feats)]
+    x = block.to_numpy(copy=False)
+    assert x.dtype == np.float32
+    assert np.shares_memory(x, block.to_numpy(copy=False))  # one block, no copy
     df["f0"] = df["f0"].astype(np.float64)  # mixed float widths: float64 matrix
     io.write_parquet(df, path)
     got = read_profiles(path)
