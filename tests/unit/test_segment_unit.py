@@ -18,6 +18,7 @@ from cytoscreen.cli import main
 from cytoscreen.config import load_schema
 from cytoscreen.errors import ComputeError, ConfigError, InputDataError, ModelError
 from cytoscreen.segment import crops as cr
+from cytoscreen.segment import lowcount
 from cytoscreen.segment import model as sm
 from cytoscreen.segment import segment as sg
 from tests.fixtures.segment import ThresholdModel
@@ -108,9 +109,9 @@ def test_low_count_reference_leaves_out_qc_failed_sites(caplog):
 def test_low_count_scale_falls_back_when_mad_is_zero():
     # MAD 0 -> 1.2533 * mean absolute deviation; all equal -> sqrt(median) (Poisson)
     table = _count_table([10, 10, 10, 10, 22, 4], ["negcon"] * 5 + ["trt"])
-    med, scale = sg._robust_scale(np.array([10, 10, 10, 10, 22.0]))
+    med, scale = lowcount._robust_scale(np.array([10, 10, 10, 10, 22.0]))
     assert med == 10 and scale == pytest.approx(1.2533 * 12 / 5)
-    assert sg._robust_scale(np.array([9.0] * 4)) == (9.0, 3.0)
+    assert lowcount._robust_scale(np.array([9.0] * 4)) == (9.0, 3.0)
     assert sg.low_count_z(table).iloc[5] == pytest.approx((4 - 10) / scale)
 
 
