@@ -51,28 +51,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from cytoscreen import io
     from cytoscreen.argparse_ import load_config_with_overrides
-    from cytoscreen.dose.fit import FIT_OK, FIT_STATUS, dose_response
+    from cytoscreen.dose.fit import FIT_OK, FIT_STATUS, dose_response, empty_table
     from cytoscreen.errors import InputDataError
     from cytoscreen.report.controls import resolve_readout
 
     config = load_config_with_overrides(args, "report")
     table = io.read_table(args.table)
-    readout, how = resolve_readout(table, config["report"]["readout"])
-    if readout is None:
-        raise InputDataError(f"{args.table}: {how}")
+    requested = config["report"]["readout"]
+    readout, how = resolve_readout(table, requested)
     fallback = None if str(args.fallback_dose_column).lower() == "none" else args.fallback_dose_column
-    out = dose_response(
-        table,
-        readout,
-        dose_column=args.dose_column,
-        fallback_column=fallback,
-        min_doses=args.min_doses,
-        source=args.table,
-    )
+    if readout is None and requested != "auto":
+        raise InputDataError(f"{args.table}: {how}")
+    if readout is None:  # e.g. a plate with too few controls: novelty wrote NaN scores
+        logger.warning("%s: %s; the dose table is empty", args.table, how)
+        out = empty_table()
+    else:
+        out = dose_response(
+            table,
+            readout,
+            dose_column=args.dose_column,
+            fallback_column=fallback,
+            min_doses=args.min_doses,
+            source=args.table,
+        )
     if out.empty:
         logger.warning("%s: no compound has wells at two or more doses; the table is empty", args.table)
     logger.info(
-        "%s: readout %s (%s); %d compound(s), %d fitted",
+        "%s: readout %s (%s); %d compound(s), %d fitted (fit_status ok)",
         args.table,
         readout,
         how,

@@ -283,7 +283,9 @@ def dose_response(
     Returns
     -------
     DataFrame
-        :data:`COLUMNS`, sorted by compound.  Compounds with a single dose or none are left out.
+        :data:`COLUMNS`, sorted by compound.  Compounds with a single dose or none are left out; a
+        table without any dose column gives an empty table (and a warning): a screen without dose
+        series is not an error.
     """
     for col in (compound_column, readout):
         if col not in table.columns:
@@ -291,11 +293,13 @@ def dose_response(
                 f"{source}: no {col} column (columns: {', '.join(map(str, table.columns[:15]))})"
             )
     if dose_column not in table.columns and (fallback_column is None or fallback_column not in table.columns):
-        raise InputDataError(
-            f"{source}: no dose column ({dose_column}"
-            + (f" or {fallback_column}" if fallback_column else "")
-            + "); the platemap needs a concentration column for a dose response"
+        logger.warning(
+            "%s: no dose column (%s%s): no dose response; the table is empty",
+            source,
+            dose_column,
+            f" or {fallback_column}" if fallback_column else "",
         )
+        return empty_table()
     rows = table
     if io.PERT_TYPE in table.columns:
         wanted = {str(t).strip().lower() for t in pert_types}
@@ -333,12 +337,22 @@ def dose_response(
                 FIT_REASON: fit.reason,
             }
         )
-    out = pd.DataFrame(records, columns=list(COLUMNS))
+    return _typed(pd.DataFrame(records, columns=list(COLUMNS)))
+
+
+def _typed(out: pd.DataFrame) -> pd.DataFrame:
     for col in (N_WELLS, N_DOSES):
         out[col] = out[col].astype("int64")
     for col in (DOSE_MIN, DOSE_MAX, SPEARMAN, TREND_P, EC50, HILL, TOP, BOTTOM, R2):
         out[col] = out[col].astype("float64")
+    for col in (COMPOUND, READOUT, DOSE_COLUMN, FIT_STATUS, FIT_REASON):
+        out[col] = out[col].astype(object)
     return out.reset_index(drop=True)
+
+
+def empty_table() -> pd.DataFrame:
+    """A dose table with no compound (:data:`COLUMNS`, typed as :func:`dose_response` writes them)."""
+    return _typed(pd.DataFrame(columns=list(COLUMNS)))
 
 
 def curve_from_row(row: pd.Series | dict) -> CurveFit:

@@ -126,8 +126,9 @@ def test_dose_response_errors():
     table = _plate()
     with pytest.raises(InputDataError, match="Metadata_Nope"):
         fit.dose_response(table, "Metadata_Nope")
-    with pytest.raises(InputDataError, match="no dose column"):
-        fit.dose_response(table.drop(columns=[io.CONCENTRATION, fit.DOSE_INDEX]), io.NOVELTY_SCORE)
+    # a screen without doses is not an error: an empty table of the same columns and types
+    no_dose = fit.dose_response(table.drop(columns=[io.CONCENTRATION, fit.DOSE_INDEX]), io.NOVELTY_SCORE)
+    assert no_dose.empty and no_dose.dtypes.equals(fit.dose_response(table, io.NOVELTY_SCORE).dtypes)
     empty = fit.dose_response(table[table[io.PERT_TYPE] == "negcon"], io.NOVELTY_SCORE)
     assert empty.empty and list(empty.columns) == list(fit.COLUMNS)
 
@@ -142,4 +143,9 @@ def test_dose_command(tmp_path):
     assert table[fit.READOUT].eq(io.NOVELTY_SCORE).all()
     assert main(["dose", str(src), str(out), "--fallback-dose-column", "none"]) == 0
     assert sorted(pd.read_parquet(out)[fit.COMPOUND]) == ["A", "D"]  # B has no concentrations
-    assert main(["dose", str(src), str(out), "--readout", "Metadata_missing"]) != 0
+    assert main(["dose", str(src), str(out), "--readout", "Metadata_missing"]) != 0  # a named readout must exist
+    # novelty with too few controls writes NaN scores: the auto readout finds none, the table is empty
+    nan_scores = _plate().assign(**{io.NOVELTY_SCORE: np.nan})
+    io.write_parquet(nan_scores, src)
+    assert main(["dose", str(src), str(out)]) == 0
+    assert pd.read_parquet(out).empty and list(pd.read_parquet(out).columns) == list(fit.COLUMNS)
