@@ -9,6 +9,10 @@ group); features are the columns not starting with Metadata_ or QC_, written as 
   cytoscreen profiles normalize  wells.parquet normalized.parquet --method mad_robustize
   cytoscreen profiles select     P1/normalized.parquet P2/normalized.parquet feature_selected.parquet
   cytoscreen profiles consensus  feature_selected.parquet consensus.parquet --method modz
+  cytoscreen profiles pca        feature_selected.parquet pcs.parquet --pca-components 0.99
+  cytoscreen profiles harmony    pcs.parquet corrected.parquet --harmony-batch Metadata_Plate
+
+spherize, pca and harmony also run inside select (profiles.spherize, pca_components, harmony).
 
 Options default to the `profiles:` section of --config (schema defaults without it); flags given on
 the command line override the config.
@@ -108,6 +112,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         _option(p, "--pca-reference", "pca_reference", d, "rows PCA is fitted on: all or negcon")
         _option(p, "--harmony", "harmony", d, "Harmony batch correction after spherize and PCA "
                 "(needs harmonypy)", type=bool, metavar=None)
+        harmony_options(p)
+
+    def harmony_options(p: argparse.ArgumentParser) -> None:
         _option(p, "--harmony-batch", "harmony_batch", d, "batch column(s) Harmony mixes",
                 nargs="+", metavar="COL")
         _option(p, "--harmony-theta", "harmony_theta", d, "Harmony diversity penalty", type=float)
@@ -186,6 +193,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             choices=MODZ_CORRELATIONS)
     _option(p, "--modz-min-weight", "modz_min_weight", d, "smallest MODZ weight", type=float)
     _option(p, "--modz-precision", "modz_precision", d, "MODZ weight decimals", type=int)
+
+    # the transforms that select runs after selection, one at a time (fits saved beside OUTPUT)
+    p = action("spherize", "whiten every row with a transform fitted on the reference rows of "
+               "the whole table (TVN); writes <name>.spherize.json and .parquet beside OUTPUT")
+    _option(p, "--method", "spherize_method", d, "whitening variant", choices=SPHERIZE_METHODS)
+    _option(p, "--spherize-epsilon", "spherize_epsilon", d, "spherize regularizer", type=float)
+    reference_options(p)
+    p = action("pca", "principal components of every row, fitted on --pca-reference rows; "
+               "writes <name>.pca.json and .parquet beside OUTPUT")
+    _option(p, "--pca-components", "pca_components", d, "a count, or a variance fraction below 1 "
+            "('none' = every component)", type=float, null="none")
+    _option(p, "--pca-reference", "pca_reference", d, "rows PCA is fitted on: all or negcon")
+    reference_options(p)
+    p = action("harmony", "Harmony batch correction across --harmony-batch (needs harmonypy); "
+               "writes <name>.harmony.json and .parquet beside OUTPUT")
+    harmony_options(p)
     return parser
 
 

@@ -18,7 +18,8 @@ from cytoscreen.errors import ConfigError, InputDataError
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("aggregate", "normalize", "select", "consensus")
+#: ``spherize``, ``pca`` and ``harmony`` run one of :data:`cytoscreen.profiles.transforms.TRANSFORMS`.
+ACTIONS = ("aggregate", "normalize", "select", "consensus", "spherize", "pca", "harmony")
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
 
 #: Feature columns decoded per multi-threaded Parquet read (bounds Arrow's buffers to a few dozen MB).
@@ -175,8 +176,10 @@ def run_step(
         out, params = _normalize(table, opts, inputs[0])
     elif action == "select":
         out, params = _select(table, opts, output, source, blocklist_file, selection)
-    else:
+    elif action == "consensus":
         out, params = _consensus(table, opts, inputs[0])
+    else:
+        out, params = _transform(table, opts, action, output, source)
     prov = io.provenance(
         f"profiles.{action}", parameters=params, config_hash=config_hash, inputs=list(inputs),
         upstream=_upstream(inputs[0]),
@@ -283,6 +286,15 @@ def write_per_plate(out, output: str | Path, folder: str | Path, prov: Mapping[s
             **({"provenance": {**prov, "plate": plate}} if name.endswith(".parquet") else {}),
         )
         logger.info("wrote %s (%d rows)", path, len(rows))
+
+
+def _transform(table, opts, action, output, source):
+    from cytoscreen.profiles.transforms import TransformSettings, transform_profiles, write_fits
+
+    settings = TransformSettings.from_config(opts)
+    result = transform_profiles(table, settings, steps=[action], source=source)
+    write_fits(result, output)
+    return result.profiles, settings.record(steps=[action])
 
 
 def _consensus(table, opts, source):

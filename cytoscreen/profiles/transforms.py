@@ -43,6 +43,8 @@ class TransformSettings:
 
     spherize: str | None = None
     spherize_epsilon: float = 1e-6
+    #: the method of ``cytoscreen profiles spherize`` (the chain uses ``spherize``)
+    spherize_method: str = "ZCA-cor"
     pca_components: float | int | None = None
     pca_reference: str = "all"
     harmony: bool = False
@@ -73,12 +75,13 @@ class TransformSettings:
               "harmony": bool(self.harmony)}
         return [t for t in TRANSFORMS if on[t]]
 
-    def record(self) -> dict[str, Any]:
+    def record(self, steps: Sequence[str] | None = None) -> dict[str, Any]:
+        """The settings as a JSON-ready dict, with the transforms that ran (``enabled``)."""
         rec = asdict(self)
         rec["harmony_batch"] = list(self.harmony_batch)
         if not isinstance(self.reference, str):
             rec["reference"] = "the given reference rows"
-        rec["enabled"] = self.enabled
+        rec["enabled"] = list(steps) if steps is not None else self.enabled
         return rec
 
 
@@ -95,19 +98,31 @@ def transform_profiles(
     settings: TransformSettings,
     *,
     features: Sequence[str] | None = None,
+    steps: Sequence[str] | None = None,
     source: str = "profiles",
 ) -> TransformResult:
     """Run the enabled transforms in order (module docstring); the table is returned unchanged when
-    none is enabled."""
+    none is enabled.
+
+    ``steps`` runs the named transforms instead (``cytoscreen profiles spherize|pca|harmony``):
+    sphering then uses ``spherize_method``, and an unset ``pca_components`` keeps every component of
+    the reference's rank.
+    """
+    if steps is not None:
+        unknown = [t for t in steps if t not in TRANSFORMS]
+        if unknown:
+            raise ConfigError(f"unknown transform(s) {unknown}; choose from {', '.join(TRANSFORMS)}")
     out, fits = profiles, {}
     ref = {"reference_column": settings.reference_column, "reference_value": settings.reference_value}
-    for name in settings.enabled:
+    for name in [t for t in TRANSFORMS if t in steps] if steps is not None else settings.enabled:
         feats = features if not fits else None  # later steps see the previous step's columns
         if name == "spherize":
             from cytoscreen.profiles.sphering import sphere
 
             out, fits[name] = sphere(
-                out, features=feats, method=settings.spherize, reference=settings.reference,
+                out, features=feats,
+                method=settings.spherize if steps is None else settings.spherize_method,
+                reference=settings.reference,
                 epsilon=settings.spherize_epsilon, source=source, **ref,
             )
         elif name == "pca":

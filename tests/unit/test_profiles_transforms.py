@@ -261,3 +261,28 @@ def test_chain_takes_transform_keys_and_a_reference_mask():
     assert res.fits["pca"].n_reference == int(neg.sum())
     assert io.feature_columns(res.feature_selected)[0] == "PC1"
     assert res.selection["operations"] == []
+
+
+def test_single_transform_actions(tmp_path):
+    df = _wells()
+    src = tmp_path / "fs.parquet"
+    df.to_parquet(src)
+    out = tmp_path / "pcs.parquet"
+    assert cli.main(["profiles", "pca", str(src), str(out), "--pca-components", "2"]) == 0
+    expected, _ = pca(df, n_components=2)
+    got = pd.read_parquet(out)
+    np.testing.assert_allclose(got[["PC1", "PC2"]].to_numpy(), expected[["PC1", "PC2"]].to_numpy())
+    assert json.loads((tmp_path / "pcs.pca.json").read_text())["n_components"] == 2
+    white = tmp_path / "white.parquet"
+    assert cli.main(["profiles", "spherize", str(src), str(white), "--method", "ZCA",
+                     "--spherize-epsilon", "0"]) == 0
+    neg = (df[io.PERT_TYPE] == "negcon").to_numpy()
+    x = pd.read_parquet(white)[io.feature_columns(df)].to_numpy(np.float64)
+    np.testing.assert_allclose(np.cov(x[neg].T), np.eye(x.shape[1]), atol=1e-5)
+    assert io.read_provenance(white)["parameters"]["enabled"] == ["spherize"]
+    if HAS_HARMONYPY:
+        two = tmp_path / "two.parquet"
+        _two_batches().to_parquet(two)
+        assert cli.main(["profiles", "harmony", str(two), str(tmp_path / "h.parquet"),
+                         "--harmony-clusters", "3"]) == 0
+        assert json.loads((tmp_path / "h.harmony.json").read_text())["n_clusters"] == 3
