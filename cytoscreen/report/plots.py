@@ -368,6 +368,7 @@ class DosePanel:
 def dose_curves(panels: Sequence[DosePanel], *, readout: str, dose_label: str = "dose", ncols: int = 3) -> str:
     """Small multiples of dose-response curves (log dose axis) as a PNG data URI."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     n = max(len(panels), 1)
     ncols = min(ncols, n)
@@ -383,6 +384,8 @@ def dose_curves(panels: Sequence[DosePanel], *, readout: str, dose_label: str = 
         if np.isfinite(p.reference):
             ax.axhline(p.reference, color="#7f7f7f", lw=0.8, ls=":", label="negcon median")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(p.title, fontsize=9)
         ax.set_xlabel(dose_label, fontsize=8)
         ax.set_ylabel(_short(readout, 28), fontsize=8)

@@ -79,6 +79,12 @@ def test_plate_report_dose_section():
     assert "lacks" in plate_report(qc, plate="P1", novelty=nov, dose=dose[[fit.COMPOUND]])
     none = plate_report(qc, plate="P1", novelty=nov, dose=dose.iloc[:0])
     assert "No compound on this plate has wells at two or more doses" in none
+    # two doses: a trend in the table, no curve to draw
+    two = nov[~nov[io.CONCENTRATION].isin(CONC[2:])]
+    short = fit.dose_response(two, io.NOVELTY_SCORE)
+    assert short[fit.FIT_STATUS].eq(fit.FIT_TOO_FEW_DOSES).all() and len(short) == 2
+    text = plate_report(qc, plate="P1", novelty=two, dose=short)
+    assert 'id="dose-plot"' not in text and "no curve" in text and 'id="dose-table"' in text
 
 
 def test_in_sample_control_scores_stay_out_of_control_distributions():

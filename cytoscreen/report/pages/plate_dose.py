@@ -12,6 +12,8 @@ from cytoscreen.report.components import Column, esc, not_run, table_html
 
 #: Most compounds drawn as panels (the table lists every one).
 MAX_PANELS = 12
+#: Fewest doses of a compound drawn as a panel.
+MIN_PANEL_DOSES = 3
 
 
 def _panel(row: pd.Series, wells: pd.DataFrame, reference: float) -> plots.DosePanel:
@@ -71,17 +73,27 @@ def dose_section(dose: pd.DataFrame | None, wells: pd.DataFrame | None) -> str:
             "<p>No compound on this plate has wells at two or more doses (the platemap's "
             f"{esc(io.CONCENTRATION)} or dose_index column), so there is no dose response.</p>"
         )
-    readouts = sorted(set(rows[fit.READOUT].astype(str)))
-    readout = readouts[0]
+    readout = sorted(set(rows[fit.READOUT].astype(str)))[0]
     reference = _negcon_median(wells, readout)
-    panels = [_panel(r, wells, reference) for _, r in rows.head(MAX_PANELS).iterrows()]
-    dose_cols = sorted(set(rows[fit.DOSE_COLUMN].astype(str)))
-    img = plots.dose_curves(panels, readout=readout, dose_label=" / ".join(dose_cols))
-    more = (
-        f"<p>Showing the first {MAX_PANELS} of {len(rows)} compounds; the table lists all.</p>"
-        if len(rows) > MAX_PANELS
-        else ""
-    )
+    # panels: compounds with a series to fit, fitted ones first, strongest trend first
+    series = rows[rows[fit.N_DOSES] >= MIN_PANEL_DOSES]
+    order = series.assign(
+        _fitted=~series[fit.FIT_STATUS].isin([fit.FIT_OK, fit.FIT_EC50_OUTSIDE]),
+        _trend=-series[fit.SPEARMAN].abs().fillna(0.0),
+    ).sort_values(["_fitted", "_trend"], kind="stable")
+    shown = order.head(MAX_PANELS)
+    if len(shown):
+        panels = [_panel(r, wells, reference) for _, r in shown.iterrows()]
+        dose_cols = sorted(set(shown[fit.DOSE_COLUMN].astype(str)))
+        img = plots.dose_curves(panels, readout=readout, dose_label=" / ".join(dose_cols))
+        figure = f'<figure><img id="dose-plot" alt="dose-response curves" src="{img}"></figure>'
+        if len(series) > len(shown):
+            figure += f"<p>Curves of {len(shown)} of {len(series)} compounds; the table lists all.</p>"
+    else:
+        figure = (
+            f'<p class="legend">No compound has {MIN_PANEL_DOSES} or more doses, so there is no curve '
+            "to draw; the table gives each compound's trend.</p>"
+        )
     cols: list[Column] = [
         (fit.COMPOUND, "compound"),
         (fit.DOSE_COLUMN, "dose column"),
@@ -103,7 +115,6 @@ def dose_section(dose: pd.DataFrame | None, wells: pd.DataFrame | None) -> str:
         "(bottom + (top \u2212 bottom) / (1 + (EC50 / dose)<sup>Hill</sup>)). Points: this plate's "
         "wells; curves: fitted over every plate's wells; dotted line: negcon median (out-of-sample "
         "values).</p>"
-        f'<figure><img id="dose-plot" alt="dose-response curves" src="{img}"></figure>'
-        + more
+        + figure
         + table_html(rows, cols, table_id="dose-table")
     )
