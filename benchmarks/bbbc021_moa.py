@@ -198,6 +198,23 @@ VARIANTS: dict[str, Variant] = {
         {"operations": _WITH_OUTLIERS},
         shrinkage_whiten,
     ),
+    "no_correlation": Variant(
+        "default without correlation_threshold (drop_na, variance, drop_outliers)",
+        {"operations": ("drop_na_columns", "variance_threshold", "drop_outliers")},
+    ),
+    "spherize_zca_eps0.1": Variant(
+        "default + ZCA sphering on DMSO wells (TVN), epsilon 0.1",
+        {"operations": _WITH_OUTLIERS, "transforms": {"spherize": "ZCA", "spherize_epsilon": 0.1}},
+    ),
+    "pca_0.99": Variant(
+        "default + PCA on all wells keeping 99% of the variance",
+        {"operations": _WITH_OUTLIERS, "transforms": {"pca_components": 0.99}},
+    ),
+    "pca_harmony": Variant(
+        "default + PCA (99% variance) + Harmony across plates (harmonypy)",
+        {"operations": _WITH_OUTLIERS,
+         "transforms": {"pca_components": 0.99, "harmony": True, "harmony_batch": [io.PLATE]}},
+    ),
     "modz": Variant(
         "default with MODZ consensus (Spearman-weighted replicates)",
         {"operations": _WITH_OUTLIERS, "consensus_method": "modz"},
@@ -254,6 +271,7 @@ def run_variant(name: str, wells: pd.DataFrame, *, null_size: int = 10000, seed:
         "nsc": s["nsc"],
         "nscb": s["nscb"],
         "map_replicate": s["map_replicate"],
+        "percent_replicating": s["percent_replicating"],
         "map_moa": s["map_moa"],
         "cluster_ari": s["cluster_ari"],
         "replicate_fraction_significant": s["map_replicate_details"]["fraction_significant"],
