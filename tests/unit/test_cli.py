@@ -135,9 +135,28 @@ def test_importing_the_cli_loads_no_torch():
     assert "torch" not in mods and "pandas" not in mods
 
 
+HEAVY = ("torch", "sklearn", "umap", "pytorch_lightning", "scipy.optimize", "matplotlib")
+
+
 def test_profiles_parser_loads_no_heavy_module():
     mods = _modules_after("from cytoscreen.cli import build_parser\nbuild_parser('profiles')")
-    for heavy in ("torch", "sklearn", "umap", "pytorch_lightning", "scipy.optimize"):
+    for heavy in HEAVY:
+        assert heavy not in mods, heavy
+
+
+@pytest.mark.parametrize("step", ["aggregate", "normalize", "select", "consensus"])
+def test_profiles_steps_load_no_heavy_module(step, tmp_path):
+    from cytoscreen import io
+    from tests.fixtures.profiles import synthetic_wells
+
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    io.write_parquet(synthetic_wells(plates=2), src)
+    mods = _modules_after(
+        "from cytoscreen.cli import main\n"
+        f"assert main(['-q', 'profiles', {step!r}, {str(src)!r}, {str(out)!r}]) == 0"
+    )
+    assert out.exists()
+    for heavy in HEAVY:
         assert heavy not in mods, heavy
 
 
