@@ -47,6 +47,7 @@ from cytoscreen.moa import evaluate_scores as scores
 from cytoscreen.moa import metrics
 from cytoscreen.moa.evaluate_scores import BATCHES, CPD, DOSE, MOA, NEGCON, EvaluationInputs
 from cytoscreen.moa.similarity import treatment_profiles
+from cytoscreen.profiles.columns import shown
 
 logger = logging.getLogger(__name__)
 
@@ -96,20 +97,12 @@ def usable_features(
         if values is not None and len(wells)
         else []
     )
-    if non_numeric:
-        logger.warning(
-            "%s: left out %d non-numeric column(s) that are not Metadata_ columns: %s",
-            source,
-            len(non_numeric),
-            ", ".join(non_numeric[:10]) + (" ..." if len(non_numeric) > 10 else ""),
-        )
-    if non_finite:
-        logger.warning(
-            "%s: left out %d feature column(s) with NaN or infinite values: %s",
-            source,
-            len(non_finite),
-            ", ".join(non_finite[:10]) + (" ..." if len(non_finite) > 10 else ""),
-        )
+    for names, what in (
+        (non_numeric, "non-numeric column(s) that are not Metadata_ columns"),
+        (non_finite, "feature column(s) with NaN or infinite values"),
+    ):
+        if names:
+            logger.warning("%s: left out %d %s: %s", source, len(names), what, shown(names, 10))
     bad = set(non_finite)
     features = [c for c in numeric if c not in bad]
     if not features:

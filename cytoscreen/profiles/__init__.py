@@ -12,10 +12,20 @@ select
     ``blocklist``, ``drop_outliers``) with a record of what each operation dropped.
 consensus
     :func:`consensus`: one row per treatment, ``median`` or ``modz``.
+sphering, pca, harmony
+    The transforms after selection, each fitted and its statistics kept: ``sphering.sphere``
+    (whitening on negcon, TVN), ``pca.pca``, ``harmony.harmony`` (batch correction, harmonypy).
+transforms
+    :class:`TransformSettings` (the ``profiles:`` keys that turn them on) and
+    :func:`transform_profiles`: spherize -> pca -> harmony in that order.
 chain
-    :func:`profile_chain`: normalize -> select -> (spherize) -> consensus in one call.
-command
-    ``cytoscreen profiles aggregate|normalize|select|consensus INPUT... OUTPUT``.
+    :func:`profile_chain`: normalize -> select -> (transforms) -> consensus in one call.
+reference, columns, arrays, groups
+    Shared helpers: reference rows (``negcon`` is :func:`cytoscreen.plate.negcon_rule`), column
+    resolution and checks, feature matrices, groups and grouped medians.
+stage, command
+    ``cytoscreen profiles aggregate|normalize|select|consensus|spherize|pca|harmony INPUT...
+    OUTPUT``: read, operate, write.
 
 Every function takes and returns DataFrames, keeps row order and ``Metadata_*`` columns, treats as
 features exactly the columns :func:`cytoscreen.io.feature_columns` names, and writes float32
@@ -34,6 +44,7 @@ from cytoscreen.profiles.select import (
     apply_selection,
     feature_select,
 )
+from cytoscreen.profiles.transforms import TRANSFORMS, TransformSettings, transform_profiles
 
 __all__ = [
     "AGGREGATE_METHODS",
@@ -42,8 +53,10 @@ __all__ = [
     "NORMALIZE_METHODS",
     "SELECT_OPERATIONS",
     "SPHERIZE_METHODS",
+    "TRANSFORMS",
     "FeatureSelection",
     "ProfileChainResult",
+    "TransformSettings",
     "aggregate",
     "apply_selection",
     "consensus",
@@ -51,4 +64,5 @@ __all__ = [
     "normalize",
     "profile_chain",
     "spherize",
+    "transform_profiles",
 ]

@@ -30,7 +30,8 @@ from cytoscreen.argparse_ import add_override
 logger = logging.getLogger(__name__)
 
 _REFERENCE_HELP = (
-    "reference rows: 'negcon' = Metadata_pert_type == 'negcon'; a table without Metadata_pert_type "
+    "reference rows: 'negcon' = Metadata_pert_type == 'negcon' (stripped, case-insensitive); a "
+    "table without Metadata_pert_type "
     "or without negcon rows (e.g. the BBBC021 well table) uses the rows whose perturbation column "
     "(the first of "
     "Metadata_perturbation, Metadata_Compound, Metadata_compound, Metadata_pert_iname, "
@@ -41,7 +42,8 @@ _REFERENCE_HELP = (
 
 _NORMALIZE_EPILOG = """\
 reference rows:
-  --reference negcon (default) uses Metadata_pert_type == "negcon".  When the table has no
+  --reference negcon (default) uses Metadata_pert_type == "negcon" (stripped, case-insensitive;
+  cytoscreen.plate.negcon_rule).  When the table has no
   Metadata_pert_type column (or no row with negcon in it, which is logged as a warning), negcon
   means the DMSO rows (case-insensitive) of the first column present
   among Metadata_perturbation, Metadata_Compound, Metadata_compound, Metadata_pert_iname,
