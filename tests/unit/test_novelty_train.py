@@ -98,6 +98,28 @@ def test_controls_only_screen_calibration_stays_valid(tmp_path, pvalue):
     assert np.mean(low) <= 0.07, low
 
 
+def test_one_96_well_plate_with_16_controls_null_and_detection(tmp_path):
+    """A BBBC013-sized plate (16 negcon, 80 other wells): on a controls-only plate at most 5% of the
+    wells are hits at q < 0.05 (over seeds), and strong phenotypes are still called."""
+    hits, tested = 0, 0
+    for seed in range(4):
+        df = synthetic_wells(n_plates=1, negcon_cols=(1, 12), shift=0.0, seed=200 + seed)
+        res = train(df, settings=_settings(seed=seed, trainer={"max_epochs": 10}), root_dir=tmp_path / str(seed))
+        scores = score_profiles(df, res.crossfit, hit_q=0.05)
+        assert scores.pvalue_method == "gaussian" and scores.n_controls == 16
+        ctrl = scores.novelty[scores.novelty[NOVELTY_SPLIT] == "crossfit"]
+        assert ctrl[NOVELTY_SCORE].min() > 1e-3  # out of sample
+        hits += scores.n_hits
+        tested += scores.n_tested
+    assert tested == 4 * 80 and hits / tested <= 0.05, hits
+    strong = synthetic_wells(n_plates=1, negcon_cols=(1, 12), shift=4.0, seed=300)
+    res = train(strong, settings=_settings(trainer={"max_epochs": 30}), root_dir=tmp_path / "strong")
+    out = score_profiles(strong, res.crossfit, hit_q=0.05).novelty
+    trt = out[out[PERT_TYPE] == "trt"]
+    assert trt[NOVELTY_HIT].mean() >= 0.8
+    assert not out.loc[out[NOVELTY_SPLIT] == "crossfit", NOVELTY_HIT].any()
+
+
 def test_strong_phenotypes_score_above_controls(tmp_path):
     df = synthetic_wells(n_plates=4, shift=2.0, seed=11)
     res = train(df, settings=_settings(trainer={"max_epochs": 30}), root_dir=tmp_path)
