@@ -2,13 +2,23 @@
 
 Both tools run aggregate (site -> well median) + normalize (mad_robustize per plate against negcon
 wells) + feature selection (drop_na_columns, variance_threshold [pycytominer >= 1.3:
-frequency_threshold], correlation_threshold) on one synthetic Parquet table, each in its own
-subprocess so that peak RSS (``ru_maxrss``) is measured fairly.  Wall and CPU (user + system) time
-are reported for the whole subprocess (interpreter start, imports, read, compute, write) and for the
-compute part alone (after the table is read, before the result is written); on a shared machine CPU
-time is the steadier figure.  Each tool reads the Parquet file its own way: cytoscreen as its CLI
-does (``read_profiles``), pycytominer with ``pandas.read_parquet`` (what its ``load_profiles`` does).  The
-outputs are compared: same kept columns, values within 1e-5 (relative to max(1, |value|)).
+frequency_threshold], correlation_threshold) on one synthetic Parquet table, written the way the
+features stage writes ``sites.parquet`` (:func:`cytoscreen.io.write_parquet`).  cytoscreen runs
+twice:
+
+* ``cytoscreen``: in one process (read, the three library calls, write), like pycytominer;
+* ``cytoscreen_cli``: as the workflow runs it, one ``python -m cytoscreen.cli profiles STEP``
+  process per step (aggregate -> wells.parquet, normalize -> normalized.parquet, select ->
+  selected.parquet), each paying interpreter start, imports, read and write.
+
+Every tool or step runs in its own subprocess, so that peak RSS (``ru_maxrss`` of that child, from
+``os.wait4``) is measured fairly.  Wall and CPU (user + system) time are reported for the whole
+subprocess (interpreter start, imports, read, compute, write) and, in one process, for the compute
+part alone (after the table is read, before the result is written); on a shared machine CPU time
+is the steadier figure.  Each tool reads the Parquet file its own way: cytoscreen as its CLI does
+(``read_profiles``), pycytominer with ``pandas.read_parquet`` (what its ``load_profiles`` does).
+Both cytoscreen outputs are compared with pycytominer's: same kept columns, values within 1e-5
+(relative to max(1, |value|)).
 
     python benchmarks/profiles.py                      # 100,000 rows x 1,000 features, 20 plates
     python benchmarks/profiles.py --rows 20000         # smaller, when pycytominer is too slow
@@ -40,7 +50,6 @@ def make_sites(path: Path, *, rows: int, features: int, plates: int, wells: int,
     """A site table: plate offsets, a 40-dim latent structure, near-copies (correlation filter),
     discrete and near-constant features (variance filter), two features with 10% missing values."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
     n_wells = plates * wells
@@ -87,7 +96,9 @@ def make_sites(path: Path, *, rows: int, features: int, plates: int, wells: int,
     names = [f"DNA_efficientnet_{j}" for j in range(features)]
     arrays = [pa.array(v) for v in columns.values()] + [pa.array(x[:, j]) for j in range(features)]
     table = pa.table(arrays, names=[*columns, *names])
-    pq.write_table(table, path, compression="zstd")
+    from cytoscreen import io
+
+    io.write_parquet(table, path)  # as the features stage writes sites.parquet
 
 
 def _cpu() -> float:
@@ -155,20 +166,61 @@ def _child(tool: str, src: str, out: str) -> None:
     print(json.dumps(result))
 
 
-def run_tool(tool: str, src: Path, out: Path) -> dict:
+def _child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", tool, str(src), str(out)],
-        capture_output=True, text=True, env=env, check=False,
-    )
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{tool} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = wall
+    return env
+
+
+def _run(cmd: list[str]) -> tuple[str, dict]:
+    """Run ``cmd``; its stdout and wall, CPU (user + system) and peak RSS from ``os.wait4``."""
+    with tempfile.TemporaryFile(mode="w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=_child_env())
+        out = proc.stdout.read()  # to EOF; the child is left for wait4 to reap
+        proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()[-3000:]}")
+    return out, {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                 "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def run_tool(tool: str, src: Path, out: Path) -> dict:
+    stdout, usage = _run([sys.executable, __file__, "--child", tool, str(src), str(out)])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.update(usage)  # the parent's view of the whole child process
     return {k: round(v, 3) for k, v in result.items()}
+
+
+#: The chain as the workflow's rules run it: (step, output name, extra arguments).
+CLI_STEPS = (
+    ("aggregate", "wells.parquet", ["--method", "median"]),
+    ("normalize", "normalized.parquet", ["--method", "mad_robustize"]),
+    ("select", "selected.parquet", ["--operations", *OPERATIONS]),
+)
+
+
+def run_cli_chain(src: Path, work: Path) -> tuple[dict, Path]:
+    """One ``cytoscreen profiles STEP`` process per step; per-step and total wall, CPU, peak RSS."""
+    steps, current = {}, src
+    for step, name, extra in CLI_STEPS:
+        out = work / f"cli_{name}"
+        _, usage = _run([sys.executable, "-m", "cytoscreen.cli", "-q", "profiles", step,
+                         str(current), str(out), *extra])
+        steps[step] = {k: round(v, 3) for k, v in usage.items()}
+        current = out
+    total = {
+        "wall_s": round(sum(s["wall_s"] for s in steps.values()), 3),
+        "cpu_s": round(sum(s["cpu_s"] for s in steps.values()), 3),
+        "peak_rss_mb": round(max(s["peak_rss_mb"] for s in steps.values()), 3),
+        "steps": steps,
+    }
+    return total, current
 
 
 def compare(ours: Path, theirs: Path) -> dict:
@@ -208,18 +260,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-pycytominer", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("TOOL", "INPUT", "OUTPUT"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--generate", metavar="OUTPUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(*args.child)
         return 0
+    if args.generate:
+        make_sites(Path(args.generate), rows=args.rows, features=args.features,
+                   plates=args.plates, wells=args.wells, seed=args.seed)
+        return 0
     tmp = tempfile.TemporaryDirectory(prefix="cytoscreen-bench-") if not args.workdir else None
     work = Path(args.workdir or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
-    src = work / f"sites_{args.rows}x{args.features}.parquet"
+    src = work / f"sites_{args.rows}x{args.features}_{args.seed}.cytoscreen.parquet"
     t0 = time.perf_counter()
-    if not src.exists():
-        make_sites(src, rows=args.rows, features=args.features, plates=args.plates,
-                   wells=args.wells, seed=args.seed)
+    if not src.exists():  # in a child: the children's peak RSS must not start from this one's
+        _run([sys.executable, __file__, "--generate", str(src), "--rows", str(args.rows),
+              "--features", str(args.features), "--plates", str(args.plates),
+              "--wells", str(args.wells), "--seed", str(args.seed)])
     gen = time.perf_counter() - t0
     import pandas
     import pyarrow
@@ -235,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pyarrow": pyarrow.__version__},
     }
     record["cytoscreen"] = run_tool("cytoscreen", src, work / "cytoscreen.parquet")
+    record["cytoscreen_cli"], cli_out = run_cli_chain(src, work)
     if not args.skip_pycytominer:
         from importlib.metadata import version
 
@@ -246,7 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         record["speedup_cpu"] = round(theirs["cpu_s"] / ours["cpu_s"], 2)
         record["speedup_compute_cpu"] = round(theirs["compute_cpu_s"] / ours["compute_cpu_s"], 2)
         record["memory_ratio"] = round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 3)
+        chain = record["cytoscreen_cli"]
+        record["speedup_wall_cli"] = round(theirs["wall_s"] / chain["wall_s"], 2)
+        record["speedup_cpu_cli"] = round(theirs["cpu_s"] / chain["cpu_s"], 2)
+        record["memory_ratio_cli"] = round(chain["peak_rss_mb"] / theirs["peak_rss_mb"], 3)
         record["output"] = compare(work / "cytoscreen.parquet", work / "pycytominer.parquet")
+        record["output_cli"] = compare(cli_out, work / "pycytominer.parquet")
     print(json.dumps(record))
     if tmp is not None:
         tmp.cleanup()
