@@ -215,10 +215,16 @@ def fit_log_logistic(
     resid = y - _log_curve(x, *popt)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")
-    status, reason = FIT_OK, ""
+    status, reasons = FIT_OK, []
     if not lo_x <= log_ec50 <= hi_x:
         status = FIT_EC50_OUTSIDE
-        reason = f"EC50 {10**log_ec50:.3g} outside the tested doses {10**lo_x:.3g}-{10**hi_x:.3g}"
+        reasons.append(f"EC50 {10**log_ec50:.3g} outside the tested doses {10**lo_x:.3g}-{10**hi_x:.3g}")
+    if hill >= 0.999 * HILL_BOUNDS[1]:
+        reasons.append(
+            f"Hill slope at its bound {HILL_BOUNDS[1]:g}: the response steps between two adjacent doses, "
+            "so the EC50 is only known to lie between them"
+        )
+    reason = "; ".join(reasons)
     return CurveFit(
         ec50=float(10.0**log_ec50), hill=hill, top=top, bottom=bottom, r2=r2, status=status, reason=reason
     )

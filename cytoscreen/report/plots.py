@@ -354,7 +354,8 @@ def control_distribution(
 @dataclass(frozen=True)
 class DosePanel:
     """One compound's dose-response panel: well points, the fitted curve (empty when there is none),
-    its EC50 (NaN when none) and the negcon median as a reference level (NaN when unknown)."""
+    its EC50 (NaN when none), the negcon median as a reference level (NaN when unknown) and the
+    dose axis label."""
 
     title: str
     dose: np.ndarray
@@ -363,9 +364,10 @@ class DosePanel:
     curve_response: np.ndarray
     ec50: float = float("nan")
     reference: float = float("nan")
+    dose_label: str = "dose"
 
 
-def dose_curves(panels: Sequence[DosePanel], *, readout: str, dose_label: str = "dose", ncols: int = 3) -> str:
+def dose_curves(panels: Sequence[DosePanel], *, readout: str, ncols: int = 3) -> str:
     """Small multiples of dose-response curves (log dose axis) as a PNG data URI."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -387,7 +389,7 @@ def dose_curves(panels: Sequence[DosePanel], *, readout: str, dose_label: str = 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(p.title, fontsize=9)
-        ax.set_xlabel(dose_label, fontsize=8)
+        ax.set_xlabel(p.dose_label, fontsize=8)
         ax.set_ylabel(_short(readout, 28), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -63,6 +63,10 @@ def test_fit_failures_are_nan_with_a_reason():
     d, y = _series(500.0, 1.0, 0.0, 10.0, doses=np.geomspace(0.01, 10, 7), noise=0.001)
     out = fit.fit_log_logistic(d, y)
     assert out.status == fit.FIT_EC50_OUTSIDE and out.ec50 > 10 and "outside" in out.reason
+    # a step between two adjacent doses: fitted, the EC50 between them, the slope at its bound said
+    d = np.repeat(np.geomspace(0.01, 100, 9), 3)
+    step = fit.fit_log_logistic(d, np.where(d > 1.5, 10.0, 0.0) + np.tile([0.0, 0.1, -0.1], 9))
+    assert step.status == fit.FIT_OK and 1.0 < step.ec50 < 3.17 and "Hill slope at its bound" in step.reason
 
 
 def test_trend_test_monotone_vs_flat():

@@ -41,6 +41,7 @@ def _panel(row: pd.Series, wells: pd.DataFrame, reference: float) -> plots.DoseP
         curve_response=cy,
         ec50=curve.ec50 if curve.fitted else float("nan"),
         reference=reference,
+        dose_label=dose_col,
     )
 
 
@@ -84,8 +85,7 @@ def dose_section(dose: pd.DataFrame | None, wells: pd.DataFrame | None) -> str:
     shown = order.head(MAX_PANELS)
     if len(shown):
         panels = [_panel(r, wells, reference) for _, r in shown.iterrows()]
-        dose_cols = sorted(set(shown[fit.DOSE_COLUMN].astype(str)))
-        img = plots.dose_curves(panels, readout=readout, dose_label=" / ".join(dose_cols))
+        img = plots.dose_curves(panels, readout=readout)
         figure = f'<figure><img id="dose-plot" alt="dose-response curves" src="{img}"></figure>'
         if len(series) > len(shown):
             figure += f"<p>Curves of {len(shown)} of {len(series)} compounds; the table lists all.</p>"
