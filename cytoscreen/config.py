@@ -72,8 +72,7 @@ def _error_message(err) -> str:
         known = sorted(err.schema.get("properties", {}))
         unknown = sorted(str(k) for k in err.instance if k not in known)
         keys = ", ".join(f"{where}.{k}" if where else k for k in unknown)
-        section = f"the {where} section" if where else "the config"
-        return f"unknown key {keys}; {section} knows: {', '.join(known)}"
+        return f"unknown key {keys}; known keys{' of ' + where if where else ''}: {', '.join(known)}"
     return f"{where or '(top level)'}: {err.message}"
 
 
@@ -169,7 +168,7 @@ def check_layouts(config: Mapping[str, Any], plates: pd.DataFrame) -> None:
             raise ConfigError(f"{config['plates']} row {row} (plate {plate}): {err}") from None
 
 
-def check_backbones(config: Mapping[str, Any]) -> None:
+def check_backbones(config: Mapping[str, Any], *, source: str = "config") -> None:
     """``features.backbone`` (and ``segment.crops.backbone`` when crops are embedded) are known backbones."""
     keys = [("features.backbone", config["features"]["backbone"])]
     crops = config["segment"]["crops"]
@@ -181,7 +180,7 @@ def check_backbones(config: Mapping[str, Any]) -> None:
         try:
             backbone_spec(name)
         except ConfigError as err:
-            raise ConfigError(f"{key}: {err}") from None
+            raise ConfigError(f"{source}: {key}: {err}") from None
 
 
 def prepare_workflow(config: dict[str, Any], *, source: str) -> pd.DataFrame:
@@ -194,7 +193,7 @@ def prepare_workflow(config: dict[str, Any], *, source: str) -> pd.DataFrame:
     validate(config, load_schema("config"), source=source)
     plates = load_plates(config["plates"])
     check_layouts(config, plates)
-    check_backbones(config)
+    check_backbones(config, source=source)
     return plates
 
 

@@ -54,6 +54,32 @@ def test_bad_config_values_are_config_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def _objects(node: dict, path: str = ""):
+    if "properties" in node:
+        yield path or "(top level)", node
+    for key, sub in node.get("properties", {}).items():
+        yield from _objects(sub, f"{path}.{key}" if path else key)
+
+
+@pytest.mark.parametrize("name", ["config", "plates"])
+def test_every_section_rejects_unknown_keys(name):
+    # novelty.trainer passes its keys to Lightning's Trainer, which names an unknown one itself
+    open_sections = {"novelty.trainer"} if name == "config" else set()
+    strict = {path for path, node in _objects(load_schema(name)) if node.get("additionalProperties") is False}
+    assert {path for path, _ in _objects(load_schema(name))} - strict == open_sections
+
+
+def test_unknown_key_message_names_the_key_and_the_known_ones(tmp_path):
+    (tmp_path / "c.yaml").write_text("ingest: {on_missing_well: warn}\nqc: {blur_zz: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.yaml")
+    known = ", ".join(sorted(load_schema("config")["properties"]["ingest"]["properties"]))
+    assert str(err.value) == f"{tmp_path / 'c.yaml'}: unknown key ingest.on_missing_well; known keys of ingest: {known}"
+    (tmp_path / "p.tsv").write_text("plate\timages\tlayout\tplatemap\tbacth\nP1\ti\timagexpress\tpm.tsv\tb\n")
+    with pytest.raises(ConfigError, match=r"p.tsv row 2: unknown key bacth; known keys: batch, images, layout"):
+        load_plates(tmp_path / "p.tsv")
+
+
 def test_plate_table_errors(tmp_path):
     (tmp_path / "p.tsv").write_text("plate\timages\tlayout\tplatemap\nP 1\ti\timagexpress\tpm.tsv\n")
     with pytest.raises(ConfigError, match=r"p.tsv row 2: plate"):
