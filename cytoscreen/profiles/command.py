@@ -12,7 +12,8 @@ group); features are the columns not starting with Metadata_ or QC_, written as 
   cytoscreen profiles pca        feature_selected.parquet pcs.parquet --pca-components 0.99
   cytoscreen profiles harmony    pcs.parquet corrected.parquet --harmony-batch Metadata_Plate
 
-spherize, pca and harmony also run inside select (profiles.spherize, pca_components, harmony).
+asinh, spherize, pca and harmony also run inside select (profiles.asinh, spherize,
+pca_components, harmony).
 
 Options default to the `profiles:` section of --config (schema defaults without it); flags given on
 the command line override the config.
@@ -80,6 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from cytoscreen.profiles.consensus import CONSENSUS_METHODS, MODZ_CORRELATIONS
     from cytoscreen.profiles.normalize import NORMALIZE_METHODS, SPHERIZE_METHODS
     from cytoscreen.profiles.select import CORRELATION_METHODS, SELECT_OPERATIONS
+    from cytoscreen.profiles.sphering import REGULARIZATIONS
 
     d = section_schema("profiles")
     parser = add_command(subparsers, "profiles", __doc__)
@@ -109,6 +111,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                 "value of --reference-col marking reference rows, e.g. DMSO")
 
     def transform_options(p: argparse.ArgumentParser) -> None:  # profiles/transforms.py
+        _option(p, "--asinh", "asinh", d, "arcsinh of every feature after selection, before "
+                "spherize", type=bool, metavar=None)
+        _option(p, "--spherize-regularization", "spherize_regularization", d,
+                "spherize regularization (singular: pycytominer; shrinkage: relative ridge)",
+                choices=REGULARIZATIONS)
         _option(p, "--pca-components", "pca_components", d, "PCA after selection (and spherize): "
                 "a count, or a variance fraction below 1 ('none' = off)", type=float, null="none")
         _option(p, "--pca-reference", "pca_reference", d, "rows PCA is fitted on: all or negcon")
@@ -201,7 +208,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                "the whole table (TVN); writes <name>.spherize.json and .parquet beside OUTPUT")
     _option(p, "--method", "spherize_method", d, "whitening variant", choices=SPHERIZE_METHODS)
     _option(p, "--spherize-epsilon", "spherize_epsilon", d, "spherize regularizer", type=float)
+    _option(p, "--spherize-regularization", "spherize_regularization", d,
+            "singular (pycytominer) or shrinkage (relative ridge)", choices=REGULARIZATIONS)
     reference_options(p)
+    action("asinh", "arcsinh of every feature (no fit); writes <name>.asinh.json beside OUTPUT")
     p = action("pca", "principal components of every row, fitted on --pca-reference rows; "
                "writes <name>.pca.json and .parquet beside OUTPUT")
     _option(p, "--pca-components", "pca_components", d, "a count, or a variance fraction below 1 "

@@ -14,6 +14,19 @@ reference and its ``r`` right singular vectors ``v_i`` (the ``axis_i`` columns).
 ``a_i = sqrt(n - 1) / (s_i + epsilon)`` and ``a_null = sqrt(n - 1) / (s_r + epsilon)`` for the
 directions the reference does not span, ZCA is
 ``W = sum_i (a_i - a_null) v_i v_i^T + a_null I`` and PCA's first ``r`` columns are ``a_i v_i``.
+
+Two regularisations (``regularization``):
+
+``singular`` (default)
+    pycytominer's: ``epsilon`` is added to the singular values, and the directions the reference
+    does not span get the gain of the smallest singular value.
+``shrinkage``
+    Tikhonov (ridge) whitening ``W = (C + delta I)^(-1/2)`` with ``C`` the covariance of the
+    centred (for ``ZCA-cor`` also scaled) reference rows (``ddof 1``, eigenvalues
+    ``lambda_i = s_i^2 / (n - 1)``) and ``delta = epsilon * trace(C) / d``, so ``epsilon`` is
+    relative to the mean variance: ``W = sum_i ((lambda_i + delta)^(-1/2) - delta^(-1/2)) v_i v_i^T
+    + delta^(-1/2) I``.  Directions unseen in the reference keep the largest gain, so with few
+    controls the control variation is projected out rather than amplified.  ZCA methods only.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
 from cytoscreen.profiles.columns import resolve_features
 from cytoscreen.profiles.normalize import SpherizeFit, fit_spherize
@@ -33,18 +47,83 @@ from cytoscreen.profiles.reference import reference_mask
 
 logger = logging.getLogger(__name__)
 
+#: How the whitening is regularised (module docstring).
+REGULARIZATIONS = ("singular", "shrinkage")
+
+
+@dataclass(frozen=True)
+class ShrinkageWhitening:
+    """``(x - center) / scale`` whitened by ``(C + delta I)^(-1/2)``, applied without forming it."""
+
+    method: str
+    center: np.ndarray
+    scale: np.ndarray
+    axes: np.ndarray  # (r, d)
+    eigenvalues: np.ndarray  # (r,)
+    delta: float
+    columns: tuple[str, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.eigenvalues)
+
+    @property
+    def gains(self) -> np.ndarray:
+        return (self.eigenvalues + self.delta) ** -0.5
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.center) / self.scale
+        null = self.delta**-0.5
+        return z * null + ((z @ self.axes.T) * (self.gains - null)) @ self.axes
+
+
+def fit_shrinkage(
+    reference: np.ndarray, features: Sequence[str], *, method: str, epsilon: float,
+    source: str = "reference",
+) -> ShrinkageWhitening:
+    """Fit shrinkage whitening on the reference rows (module docstring)."""
+    if method not in ("ZCA", "ZCA-cor"):
+        raise ConfigError(
+            f"shrinkage sphering is defined for ZCA and ZCA-cor, not {method}; for fewer "
+            f"dimensions use profiles.pca_components"
+        )
+    if not epsilon > 0:
+        raise ConfigError(f"shrinkage sphering needs spherize_epsilon > 0, got {epsilon}")
+    ref = np.asarray(reference, dtype=np.float64)
+    n, d = ref.shape
+    if n < 2:
+        raise InputDataError(f"{source}: sphering needs at least 2 reference rows, got {n}")
+    mu = ref.mean(axis=0)
+    scale = np.ones(d)
+    if method == "ZCA-cor":
+        scale = ref.std(axis=0)
+        if (scale == 0).any():
+            raise InputDataError(
+                f"{source}: {int((scale == 0).sum())} feature(s) are constant in the reference "
+                f"rows; ZCA-cor divides by their standard deviation: remove them first"
+            )
+    _, sv, vt = np.linalg.svd((ref - mu) / scale, full_matrices=False)
+    tol = (sv.max() if sv.size else 0.0) * max(n, d) * np.finfo(np.float64).eps
+    r = int((sv > tol).sum())
+    lam = sv[:r] ** 2 / (n - 1)
+    mean_var = float(lam.sum() / d)
+    if not mean_var > 0:
+        raise InputDataError(f"{source}: the reference rows are all equal; nothing to whiten")
+    return ShrinkageWhitening(method, mu, scale, vt[:r], lam, epsilon * mean_var, tuple(features))
+
 
 @dataclass(frozen=True)
 class SpheringFit:
     """A fitted sphering transform and the statistics that describe it."""
 
-    fit: SpherizeFit = field(repr=False)
+    fit: SpherizeFit | ShrinkageWhitening = field(repr=False)
     features: tuple[str, ...]
     epsilon: float
     n_reference: int
     reference_rule: str
     singular_values: np.ndarray = field(repr=False)
     axes: np.ndarray = field(repr=False)  # (r, d): right singular vectors of the reference
+    regularization: str = "singular"
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return self.fit.transform(x)
@@ -52,6 +131,8 @@ class SpheringFit:
     @property
     def null_weight(self) -> float:
         """``a_null``: the gain of every direction the reference does not span."""
+        if isinstance(self.fit, ShrinkageWhitening):
+            return float(self.fit.delta**-0.5)
         n = self.n_reference
         return float(np.sqrt(n - 1) / (self.singular_values[-1] + self.epsilon))
 
@@ -70,6 +151,11 @@ class SpheringFit:
             "singular_values": self.singular_values.tolist(),
             "null_weight": self.null_weight if r < d else None,
             "output_columns": len(self.fit.columns),
+            "regularization": self.regularization,
+            **(
+                {"shrinkage_delta": self.fit.delta, "eigenvalues": self.fit.eigenvalues.tolist()}
+                if isinstance(self.fit, ShrinkageWhitening) else {}
+            ),
         }
 
     def table(self) -> pd.DataFrame:
@@ -104,6 +190,7 @@ def sphere(
     reference_column: str | None = None,
     reference_value: str | Sequence[str] | None = None,
     epsilon: float = 1e-6,
+    regularization: str = "singular",
     source: str = "profiles",
 ) -> tuple[pd.DataFrame, SpheringFit]:
     """Whiten every row with a transform fitted on the reference rows of the whole table.
@@ -115,8 +202,11 @@ def sphere(
     reference, reference_column, reference_value
         The rows the transform is fitted on (negative controls by default).
     epsilon
-        Added to the reference's singular values: larger values whiten less (the JUMP recipe
-        chooses it by replicate mAP).
+        ``singular``: added to the reference's singular values; ``shrinkage``: the ridge added to
+        the covariance, relative to its mean eigenvalue.  Larger values whiten less (the JUMP
+        recipe chooses it by replicate mAP).
+    regularization
+        ``singular`` (pycytominer) or ``shrinkage`` (module docstring).
 
     Returns
     -------
@@ -130,15 +220,25 @@ def sphere(
     x = feature_matrix(profiles, cols, dtype=np.float64)
     check_finite(x, cols, source=source, allow_nan=False)
     ref = x[mask]
-    fit = fit_spherize(ref, cols, method=method, epsilon=epsilon, source=source)
-    s, axes = _axes((ref - fit.center) / fit.scale, fit, epsilon)
+    if regularization not in REGULARIZATIONS:
+        raise ConfigError(
+            f"unknown sphering regularization {regularization!r}; choose one of "
+            f"{', '.join(REGULARIZATIONS)}"
+        )
+    if regularization == "shrinkage":
+        fit = fit_shrinkage(ref, cols, method=method, epsilon=epsilon, source=source)
+        sv = np.sqrt(fit.eigenvalues * (len(ref) - 1))
+        axes = fit.axes
+    else:
+        fit = fit_spherize(ref, cols, method=method, epsilon=epsilon, source=source)
+        sv, axes = _axes((ref - fit.center) / fit.scale, fit, epsilon)
     result = SpheringFit(
         fit=fit, features=tuple(cols), epsilon=float(epsilon), n_reference=int(mask.sum()),
-        reference_rule=rule, singular_values=s, axes=axes,
+        reference_rule=rule, singular_values=sv, axes=axes, regularization=regularization,
     )
     logger.info(
-        "%s: %s sphering fitted on %d reference rows (%s), %d features, rank %d, epsilon %g",
-        source, method, result.n_reference, rule, len(cols), fit.rank, epsilon,
+        "%s: %s sphering (%s) fitted on %d reference rows (%s), %d features, rank %d, epsilon %g",
+        source, method, regularization, result.n_reference, rule, len(cols), fit.rank, epsilon,
     )
     feat_set = set(cols)
     meta = [c for c in profiles.columns if c not in feat_set]

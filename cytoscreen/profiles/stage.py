@@ -18,8 +18,9 @@ from cytoscreen.errors import ConfigError, InputDataError
 
 logger = logging.getLogger(__name__)
 
-#: ``spherize``, ``pca`` and ``harmony`` run one of :data:`cytoscreen.profiles.transforms.TRANSFORMS`.
-ACTIONS = ("aggregate", "normalize", "select", "consensus", "spherize", "pca", "harmony")
+#: ``asinh``, ``spherize``, ``pca`` and ``harmony`` run one of
+#: :data:`cytoscreen.profiles.transforms.TRANSFORMS`.
+ACTIONS = ("aggregate", "normalize", "select", "consensus", "asinh", "spherize", "pca", "harmony")
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
 
 #: Feature columns decoded per multi-threaded Parquet read (bounds Arrow's buffers to a few dozen MB).

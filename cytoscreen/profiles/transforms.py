@@ -1,20 +1,25 @@
-"""The screen-level transforms after feature selection: sphering, PCA, Harmony, in that order.
+"""The screen-level transforms after feature selection: arcsinh, sphering, PCA, Harmony, in that
+order.
 
 Each is off unless its ``profiles:`` key turns it on, so a chain is chosen in config alone:
 
+``asinh`` (boolean)
+    :func:`asinh`: ``arcsinh`` of every feature (linear near 0, logarithmic in the tails), so a
+    few very large normalized values do not dominate cosine similarities.
 ``spherize`` (a method, or null)
     :func:`cytoscreen.profiles.sphering.sphere`: whitening fitted on the reference rows (negcon)
-    of the whole screen, regularised by ``spherize_epsilon`` (TVN, JUMP's sphering).
+    of the whole screen, regularised by ``spherize_epsilon`` the ``spherize_regularization`` way
+    (``singular``, pycytominer's, or ``shrinkage``) (TVN, JUMP's sphering).
 ``pca_components`` (a count, a variance fraction below 1, or null)
     :func:`cytoscreen.profiles.pca.pca`, fitted on ``pca_reference`` rows (``all`` or ``negcon``).
 ``harmony`` (boolean)
     :func:`cytoscreen.profiles.harmony.harmony` across ``harmony_batch`` (plates by default), with
     ``harmony_theta``, ``harmony_sigma``, ``harmony_clusters`` and ``harmony_max_iter``.
 
-The order is the usual one: whitening on controls first (it needs the selected features), PCA to
-a low dimension, then Harmony on the components.  Every fit is kept; :func:`write_fits` saves each
-as ``<output stem>.<operation>.json`` (settings and summary) and ``.parquet`` (per-feature
-statistics) beside the output.
+The order is the usual one: arcsinh tames the tails, whitening on controls follows (it needs the
+selected features), PCA to a low dimension, then Harmony on the components.  Every fit is kept;
+:func:`write_fits` saves each as ``<output stem>.<operation>.json`` (settings and summary) and
+``.parquet`` (per-feature statistics) beside the output.
 """
 
 from __future__ import annotations
@@ -30,19 +35,23 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.columns import resolve_features
 
 logger = logging.getLogger(__name__)
 
 #: The transforms in the order they run.
-TRANSFORMS = ("spherize", "pca", "harmony")
+TRANSFORMS = ("asinh", "spherize", "pca", "harmony")
 
 
 @dataclass(frozen=True)
 class TransformSettings:
     """Which transforms run and their settings (the ``profiles:`` keys of the same names)."""
 
+    asinh: bool = False
     spherize: str | None = None
     spherize_epsilon: float = 1e-6
+    spherize_regularization: str = "singular"
     #: the method of ``cytoscreen profiles spherize`` (the chain uses ``spherize``)
     spherize_method: str = "ZCA-cor"
     pca_components: float | int | None = None
@@ -71,8 +80,8 @@ class TransformSettings:
     @property
     def enabled(self) -> list[str]:
         """The transforms that run, in order."""
-        on = {"spherize": self.spherize is not None, "pca": self.pca_components is not None,
-              "harmony": bool(self.harmony)}
+        on = {"asinh": bool(self.asinh), "spherize": self.spherize is not None,
+              "pca": self.pca_components is not None, "harmony": bool(self.harmony)}
         return [t for t in TRANSFORMS if on[t]]
 
     def record(self, steps: Sequence[str] | None = None) -> dict[str, Any]:
@@ -116,14 +125,16 @@ def transform_profiles(
     ref = {"reference_column": settings.reference_column, "reference_value": settings.reference_value}
     for name in [t for t in TRANSFORMS if t in steps] if steps is not None else settings.enabled:
         feats = features if not fits else None  # later steps see the previous step's columns
-        if name == "spherize":
+        if name == "asinh":
+            out, fits[name] = asinh(out, features=feats, source=source)
+        elif name == "spherize":
             from cytoscreen.profiles.sphering import sphere
 
             out, fits[name] = sphere(
                 out, features=feats,
                 method=settings.spherize if steps is None else settings.spherize_method,
-                reference=settings.reference,
-                epsilon=settings.spherize_epsilon, source=source, **ref,
+                reference=settings.reference, epsilon=settings.spherize_epsilon,
+                regularization=settings.spherize_regularization, source=source, **ref,
             )
         elif name == "pca":
             from cytoscreen.profiles.pca import pca
@@ -148,6 +159,32 @@ def transform_profiles(
     return TransformResult(out, fits)
 
 
+@dataclass(frozen=True)
+class AsinhRecord:
+    """What :func:`asinh` did (it fits nothing, so there is no statistics table)."""
+
+    features: tuple[str, ...]
+
+    def record(self) -> dict[str, Any]:
+        return {"operation": "asinh", "definition": "arcsinh(x) of every feature",
+                "n_features": len(self.features)}
+
+    def table(self) -> None:
+        return None
+
+
+def asinh(
+    profiles: pd.DataFrame, *, features: Sequence[str] | None = None, source: str = "profiles"
+) -> tuple[pd.DataFrame, AsinhRecord]:
+    """``arcsinh`` of every feature (NaN stays NaN); every other column kept."""
+    cols = resolve_features(profiles, features, source=source)
+    x = feature_matrix(profiles, cols, dtype=np.float64)
+    check_finite(x, cols, source=source)
+    feat_set = set(cols)
+    meta = [c for c in profiles.columns if c not in feat_set]
+    return with_features(profiles, meta, np.arcsinh(x), cols), AsinhRecord(tuple(cols))
+
+
 def fit_paths(output: str | Path, name: str) -> tuple[Path, Path]:
     """``<stem>.<name>.json`` and ``<stem>.<name>.parquet`` beside ``output``."""
     base = Path(output)
@@ -161,9 +198,11 @@ def write_fits(result: TransformResult, output: str | Path) -> dict[str, dict[st
     records = {}
     for name, fit in result.fits.items():
         json_path, table_path = fit_paths(output, name)
-        rec = {**fit.record(), "statistics": str(table_path)}
-        io.write_table(fit.table(), table_path)
+        table = fit.table()
+        rec = {**fit.record(), "statistics": str(table_path) if table is not None else None}
+        if table is not None:
+            io.write_table(table, table_path)
         io.write_json(rec, json_path)
-        logger.info("wrote %s and %s", json_path, table_path)
+        logger.info("wrote %s%s", json_path, f" and {table_path}" if table is not None else "")
         records[name] = rec
     return records

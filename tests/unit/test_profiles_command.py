@@ -118,7 +118,8 @@ def test_config_gives_defaults_and_flags_override(tmp_path, bbbc_parquet):
 def test_cli_defaults_and_choices_match_schema():
     props = load_schema("config")["properties"]["profiles"]["properties"]
     parsers = profiles_parsers()
-    assert set(parsers) == {"aggregate", "normalize", "select", "consensus", "spherize", "pca", "harmony"}
+    assert set(parsers) == {"aggregate", "normalize", "select", "consensus", "asinh", "spherize", "pca",
+                            "harmony"}
     seen = set()
     for sub in parsers.values():
         for action in sub._actions:

@@ -286,3 +286,62 @@ def test_single_transform_actions(tmp_path):
         assert cli.main(["profiles", "harmony", str(two), str(tmp_path / "h.parquet"),
                          "--harmony-clusters", "3"]) == 0
         assert json.loads((tmp_path / "h.harmony.json").read_text())["n_clusters"] == 3
+
+
+# --- shrinkage sphering and arcsinh (G's chain) -------------------------------------------------
+@pytest.mark.parametrize("n_controls", [60, 4])
+def test_shrinkage_sphering_is_the_ridge_inverse_square_root(n_controls):
+    df = _wells()
+    feats = io.feature_columns(df)
+    neg = df.index[df[io.PERT_TYPE] == "negcon"][:n_controls]
+    mask = df.index.isin(neg)
+    out, fit = sphere(df, method="ZCA", reference=mask, epsilon=0.1, regularization="shrinkage")
+    x = df[feats].to_numpy()
+    ref = x[mask]
+    c = np.cov(ref.T)  # ddof 1
+    delta = 0.1 * np.trace(c) / len(feats)
+    vals, vecs = np.linalg.eigh(c + delta * np.eye(len(feats)))
+    w = vecs @ np.diag(vals**-0.5) @ vecs.T  # (C + delta I)^(-1/2)
+    expected = (x - ref.mean(axis=0)) @ w
+    np.testing.assert_allclose(out[feats].to_numpy(np.float64), expected, rtol=1e-4, atol=1e-4)
+    rec = fit.record()
+    assert rec["regularization"] == "shrinkage" and rec["shrinkage_delta"] == pytest.approx(delta)
+    assert rec["rank"] == min(n_controls - 1, len(feats))
+    if n_controls < len(feats):  # unseen directions keep the largest gain delta^-1/2
+        assert rec["null_weight"] == pytest.approx(delta**-0.5)
+
+
+def test_shrinkage_approaches_whitening_and_rejects_pca():
+    df = _wells()
+    neg = (df[io.PERT_TYPE] == "negcon").to_numpy()
+    out, _ = sphere(df, method="ZCA-cor", epsilon=1e-9, regularization="shrinkage")
+    x = out[io.feature_columns(out)].to_numpy(np.float64)
+    np.testing.assert_allclose(np.cov(x[neg].T), np.eye(x.shape[1]), atol=1e-4)
+    with pytest.raises(ConfigError, match="ZCA and ZCA-cor"):
+        sphere(df, method="PCA", regularization="shrinkage")
+    with pytest.raises(ConfigError, match="unknown sphering regularization"):
+        sphere(df, regularization="tikhonov")
+
+
+def test_asinh_runs_first_and_is_recorded(tmp_path):
+    df = _wells()
+    feats = io.feature_columns(df)
+    res = transform_profiles(df, TransformSettings(asinh=True, spherize="ZCA",
+                                                   spherize_regularization="shrinkage",
+                                                   spherize_epsilon=0.1))
+    assert list(res.fits) == ["asinh", "spherize"]
+    bent = df.copy()
+    bent[feats] = np.arcsinh(df[feats])
+    expected, _ = sphere(bent, method="ZCA", epsilon=0.1, regularization="shrinkage")
+    np.testing.assert_allclose(res.profiles[feats].to_numpy(), expected[feats].to_numpy(), atol=1e-5)
+    src, out = tmp_path / "n.parquet", tmp_path / "a.parquet"
+    df.to_parquet(src)
+    assert cli.main(["profiles", "asinh", str(src), str(out)]) == 0
+    np.testing.assert_allclose(pd.read_parquet(out)[feats].to_numpy(), np.arcsinh(df[feats].to_numpy()),
+                               rtol=1e-6)
+    assert json.loads((tmp_path / "a.asinh.json").read_text())["statistics"] is None
+    assert cli.main(["profiles", "select", str(src), str(tmp_path / "s.parquet"), "--operations",
+                     "variance_threshold", "--asinh", "--spherize", "ZCA",
+                     "--spherize-regularization", "shrinkage", "--spherize-epsilon", "0.1"]) == 0
+    rec = json.loads((tmp_path / "s.selection.json").read_text())
+    assert rec["asinh"]["operation"] == "asinh" and rec["spherize"]["regularization"] == "shrinkage"
