@@ -175,7 +175,7 @@ def run_workflow(work: Path, config: dict[str, Any], *, cores: int, targets: tup
     log = proc.stdout + proc.stderr
     (work / "snakemake.log").write_text(log)
     failed = sorted(set(re.findall(r"Error in rule (\w+):", log)))
-    ran = len(re.findall(r"Finished job(?:id)? ", log))
+    ran = len(re.findall(r"Finished job(?:id)?[: ]", log))
     if proc.returncode != 0:
         logger.warning("%s: snakemake exited %d; failed rules: %s (see %s)", work.name, proc.returncode,
                        ", ".join(failed) or "?", work / "snakemake.log")
