@@ -369,19 +369,28 @@ def bbbc021_record(results: Path, wells: pd.DataFrame, *, null_size: int, seed: 
 
 
 # --- main --------------------------------------------------------------------------------------------
-def run_dataset(name: str, data: Path, workdir: Path, *, cores: int, null_size: int, seed: int) -> dict[str, Any]:
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def run_dataset(name: str, data: Path, workdir: Path, *, cores: int, null_size: int, seed: int,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
     work = workdir / name
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if name == "bbbc021":
         wells = load_bbbc021_wells(data)
-        config = setup_bbbc021(data, work, wells)
+        config = _merge(setup_bbbc021(data, work, wells), extra or {})
         write_config(work, config)
         wf = run_workflow(work, config, cores=cores, targets=("results/" + CONSENSUS, "results/" + PROFILES),
                           allowed_rules=profile_rules(work))
         record = bbbc021_record(work / "results", wells, null_size=null_size, seed=seed)
     else:
         config = setup_bbbc013(data, work) if name == "bbbc013" else setup_lincs(data, work)
+        config = _merge(config, extra or {})
         wf = run_workflow(work, config, cores=cores)
         if name == "bbbc013":
             record = bbbc013_record(work / "results")
@@ -401,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--null-size", type=int, default=10000, help="mAP permutations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
+    parser.add_argument("--extra-config", type=Path, default=None,
+                        help="YAML merged into every data set's config (to compare settings; the reported "
+                             "figures use none, i.e. the schema defaults)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -409,10 +421,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets:
         if not (data / FOLDERS[name]).is_dir():
             parser.error(f"{data / FOLDERS[name]}: data set folder not found")
+    extra = None
+    if args.extra_config:
+        import yaml
+
+        extra = yaml.safe_load(args.extra_config.read_text()) or {}
     lines = []
     start = time.perf_counter()
     for name in args.datasets:
-        record = run_dataset(name, data, workdir, cores=args.cores, null_size=args.null_size, seed=args.seed)
+        record = run_dataset(name, data, workdir, cores=args.cores, null_size=args.null_size, seed=args.seed,
+                             extra=extra)
+        if extra:
+            record["extra_config"] = extra
         line = json.dumps(record)
         print(line, flush=True)
         lines.append(line)
