@@ -85,9 +85,15 @@ def test_workflow_runs_on_tiny_screen(workdir, cli_env, tiny_screen):
 
     ev = json.loads((workdir / "results" / "screen" / "evaluation.json").read_text())
     assert ev["nsc"] > 0.5 and ev["map_moa"] > 0.5
+    # dose: one row per compound at two or more doses (the synthetic compounds have two: no fit)
+    dose = pd.read_parquet(workdir / "results" / "screen" / "novelty" / "dose.parquet")
+    series = nov[nov[io.PERT_TYPE].isin(["trt", "poscon"])].groupby(io.PERTURBATION)[io.CONCENTRATION].nunique()
+    assert sorted(dose[io.PERTURBATION]) == sorted(series.index[series >= 2])
+    assert dose["readout"].nunique() == 1 and dose["fit_status"].eq("too_few_doses").all()
     for page in ("SYN001.html", "SYN002.html", "index.html"):
         html = (workdir / "reports" / page).read_text()
         assert "<html" in html.lower() and "https://" not in html
+    assert 'id="dose-table"' in (workdir / "reports" / "SYN001.html").read_text()
     # a second run has nothing to do
     again = snakemake(workdir, cli_env, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
