@@ -18,7 +18,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import InputDataError
-from cytoscreen.qc.metrics import image_metrics, metric_column, nan_metrics, warm_up
+from cytoscreen.qc.metrics import METRICS, image_metrics, metric_column, nan_metrics, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -26,22 +26,33 @@ logger = logging.getLogger(__name__)
 _IMAGE_ONLY = (io.CHANNEL, io.PATH, io.FRAME, io.DTYPE, io.BIT_DEPTH, io.INTENSITY_SCALE)
 
 
-def _site_groups(images: pd.DataFrame) -> list[pd.DataFrame]:
-    return [g for _, g in images.groupby([io.WELL, io.SITE], sort=False)]
+Record = tuple[tuple[str, ...], str, int, int | None, float]
 
 
-def _records(site: pd.DataFrame) -> list[tuple[str, str, int, float | None, float]]:
-    n = len(site)
-    bits = site[io.BIT_DEPTH].to_numpy() if io.BIT_DEPTH in site.columns else [None] * n
-    scale = site[io.INTENSITY_SCALE].to_numpy(float) if io.INTENSITY_SCALE in site.columns else np.ones(n)
-    return [(str(c), str(p), int(f), None if b is None or pd.isna(b) else int(b), float(s))
-            for c, p, f, b, s in zip(site[io.CHANNEL], site[io.PATH], site[io.FRAME], bits, scale, strict=True)]
+def _site_records(images: pd.DataFrame) -> tuple[pd.DataFrame, list[list[Record]]]:
+    """The first row of each site (its metadata) and, per site, one record per channel image:
+    (metric column names, path, frame, bit depth, intensity scale).  Built from whole columns,
+    so the per-site cost is a few list appends, not a DataFrame."""
+    codes = images.groupby([io.WELL, io.SITE], sort=False).ngroup().to_numpy()
+    n = len(images)
+    bits = images[io.BIT_DEPTH].to_numpy() if io.BIT_DEPTH in images.columns else np.full(n, None)
+    scale = images[io.INTENSITY_SCALE].to_numpy(float) if io.INTENSITY_SCALE in images.columns else np.ones(n)
+    columns: dict[str, tuple[str, ...]] = {}
+    sites: list[list[Record]] = [[] for _ in range(int(codes.max()) + 1)]
+    for code, ch, path, frame, b, sc in zip(codes, images[io.CHANNEL].astype(str), images[io.PATH].astype(str),
+                                            images[io.FRAME].to_numpy(np.int64), bits, scale, strict=True):
+        cols = columns.get(ch)
+        if cols is None:
+            cols = columns[ch] = tuple(metric_column(ch, m) for m in METRICS)
+        sites[code].append((cols, path, int(frame), None if b is None or pd.isna(b) else int(b), float(sc)))
+    first = images.loc[~pd.Series(codes).duplicated().to_numpy()]
+    return first, sites
 
 
-def _measure_site(records: list[tuple[str, str, int, float | None, float]]) -> dict[str, float | bool]:
+def _measure_site(records: list[Record]) -> dict[str, float | bool]:
     out: dict[str, float | bool] = {}
     unreadable = False
-    for channel, path, frame, bits, scale in records:
+    for cols, path, frame, bits, scale in records:
         try:
             img = io.read_image(path, frame)
             metrics = image_metrics(img, io.image_full_scale(img, bits), scale=scale)
@@ -49,8 +60,8 @@ def _measure_site(records: list[tuple[str, str, int, float | None, float]]) -> d
             logger.warning("QC_unreadable: %s", err)
             unreadable = True
             metrics = nan_metrics()
-        for m, v in metrics.items():
-            out[metric_column(channel, m)] = v
+        for col, m in zip(cols, METRICS, strict=True):
+            out[col] = metrics[m]
     out[io.QC_UNREADABLE] = unreadable
     return out
 
@@ -79,9 +90,9 @@ def measure(images: pd.DataFrame, *, batch_size: int = 16, threads: int = 0) -> 
         raise InputDataError("QC: the image table is empty")
     warm_up()
     threads = worker_count(threads)
-    sites = _site_groups(images)
+    first, sites = _site_records(images)
     meta_cols = [c for c in images.columns if c.startswith(io.METADATA_PREFIX) and c not in _IMAGE_ONLY]
-    rows = []
+    rows: list[dict[str, float | bool]] = []
     progress = None
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -90,9 +101,7 @@ def measure(images: pd.DataFrame, *, batch_size: int = 16, threads: int = 0) -> 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         done = 0
         for batch in _batches(sites, batch_size * threads):
-            results = pool.map(_measure_site, [_records(s) for s in batch])
-            for site, result in zip(batch, results, strict=True):
-                rows.append({**site.iloc[0][meta_cols].to_dict(), **result})
+            rows.extend(pool.map(_measure_site, batch))
             done += len(batch)
             if progress is not None:
                 progress.update(len(batch))
@@ -100,4 +109,5 @@ def measure(images: pd.DataFrame, *, batch_size: int = 16, threads: int = 0) -> 
                 logger.info("QC: measured %d/%d sites", done, len(sites))
     if progress is not None:
         progress.close()
-    return pd.DataFrame(rows)
+    meta = first[meta_cols].reset_index(drop=True)
+    return pd.concat([meta, pd.DataFrame(rows)], axis=1)

@@ -156,3 +156,15 @@ def test_integer_kernels_equal_numpy_reference():
     assert image_metrics(img, 4095.0)["SaturationFraction"] == 0.25
     scaled = image_metrics(img, 4095.0, scale=2.0)
     assert scaled["MeanIntensity"] == pytest.approx(2 * img.mean()) and scaled["SaturationFraction"] == 0.25
+
+
+def test_qc_and_ingest_sections_reject_unknown_keys(tmp_path, capsys):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("qc: {blur_zz: 2.0}\n")
+    rc = main(["qc", str(tmp_path / "images.parquet"), str(tmp_path / "qc.parquet"), "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert rc == ConfigError.exit_code and "blur_zz" in err and "Traceback" not in err
+    cfg.write_text("ingest: {on_missing_well: warn}\n")
+    rc = main(["ingest", "--config", str(cfg), "--plate", "P1", "--out", str(tmp_path / "i.parquet")])
+    err = capsys.readouterr().err
+    assert rc == ConfigError.exit_code and "on_missing_well" in err and "Traceback" not in err
