@@ -136,11 +136,12 @@ def test_dry_run_and_lint_write_nothing(completed):
     resolved.write_text("# the config of the results on disk\n")
     before = resolved.stat().st_mtime_ns
     other = write_config(workdir / "other.yaml", changed(config, "qc", {"blur_z": 2.0}))
-    assert plan(snakemake(workdir, "-n", configfile=other))
+    dry = snakemake(workdir, "-n", configfile=other)
     lint = snakemake(workdir, "--lint", configfile=other)
-    assert "Lints for" in lint.stdout + lint.stderr or "Congratulations" in lint.stdout + lint.stderr
     assert resolved.read_text() == "# the config of the results on disk\n"
     assert resolved.stat().st_mtime_ns == before
+    assert "qc" in plan(dry)  # the dry run did see the change it did not write
+    assert "Lints for" in lint.stdout + lint.stderr or "Congratulations" in lint.stdout + lint.stderr
 
 
 def _one_plate(tiny_screen: Path, folder: Path) -> Path:
