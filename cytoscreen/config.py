@@ -200,10 +200,10 @@ def prepare_workflow(config: dict[str, Any], *, source: str) -> pd.DataFrame:
 def write_resolved_config(config: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Write the validated config (defaults filled in) to ``path`` if its content changed.
 
-    The workflow writes this file in its ``resolved_config`` job (never when the workflow is
-    parsed, so a dry run writes nothing) and passes it to every ``cytoscreen`` call, so a stage run
-    by Snakemake sees exactly the settings Snakemake validated, including ``--config key=value``
-    overrides.  The file is rewritten only when its content differs.
+    The workflow writes this file from its ``onstart`` handler, when jobs are about to run (never
+    when the workflow is parsed, so a dry run or ``--lint`` writes nothing), and passes it to every
+    ``cytoscreen`` call, so a stage run by Snakemake sees exactly the settings Snakemake validated,
+    including ``--config key=value`` overrides.  The file is rewritten only when its content differs.
     """
     from cytoscreen.io import write_text
 
