@@ -209,28 +209,31 @@ def replicate_metrics(wells: pd.DataFrame, *, null_size: int, seed: int) -> dict
     table = wells.reset_index(drop=True)
     rep = metrics.replicate_map(table, treatment_cols=[io.PERTURBATION], negcon=neg, features=_features(table),
                                 null_size=null_size, seed=seed, fdr=REPLICATE_Q)
-    nsp = nsp_1nn(table)
+    nsp, nsp_by_class = nsp_1nn(table)
     per = rep.per_group
     return {
         "map_replicate": _round(rep.mean_map),
         "replicate_q05_fraction": _round(rep.fraction_significant),
         "nsp_1nn": _round(nsp),
+        "nsp_1nn_by_class": nsp_by_class,
         "replicate_q": {str(k): _round(q) for k, q in zip(per[io.PERTURBATION], per["q_value"], strict=True)},
         "n_wells": len(table),
         "n_features": len(_features(table)),
     }
 
 
-def nsp_1nn(wells: pd.DataFrame) -> float | None:
+def nsp_1nn(wells: pd.DataFrame) -> tuple[float | None, dict[str, float]]:
     """Leave-one-out 1-NN accuracy of the treatment label (DMSO is a class), cosine similarity, with
-    every well on the query's plate excluded from its candidates ("not same plate")."""
+    every well on the query's plate excluded from its candidates ("not same plate"); and the accuracy
+    of each class's queries."""
     from cytoscreen.moa import metrics
 
     table = wells.reset_index(drop=True).copy()
     table["_row"] = np.arange(len(table))  # a "compound" per well: only the query itself is excluded
     res = metrics.nn_accuracy(table, moa_col=io.PERTURBATION, compound_col="_row", batch_col=io.PLATE,
                               features=_features(wells))
-    return res.accuracy
+    by_class = {str(m): _round(a) for m, a in zip(res.per_moa["moa"], res.per_moa["accuracy"], strict=True)}
+    return res.accuracy, by_class
 
 
 def _round(value: Any, digits: int = 4) -> Any:
