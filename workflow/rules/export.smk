@@ -8,16 +8,14 @@
 
 _EXPORT_PLATE_TABLES = ("sites", "wells", "normalized", "feature_selected")
 _EXPORT_TABLES = list(config["export"]["anndata"])
-
-
-def _export_outputs():
-    outputs = []
-    for table in _EXPORT_TABLES:
-        if table.startswith("screen_"):
-            outputs.append(f"{RESULTS}/screen/{table[len('screen_'):]}.h5ad")
-        else:
-            outputs.extend(expand(f"{RESULTS}/{{plate}}/{table}.h5ad", plate=PLATES))
-    return outputs
+_EXPORT_H5AD = [
+    *[f"{RESULTS}/screen/{t.removeprefix('screen_')}.h5ad" for t in _EXPORT_TABLES if t.startswith("screen_")],
+    *expand(
+        f"{RESULTS}/{{plate}}/{{table}}.h5ad",
+        plate=PLATES,
+        table=[t for t in _EXPORT_TABLES if not t.startswith("screen_")],
+    ),
+]
 
 
 rule export_anndata:
@@ -74,6 +72,6 @@ if _LABELS_MODE != "none":
             + " --summary {output.summary} > {log} 2>&1"
 
 
-EXPORT_OUTPUTS = _export_outputs() + (
+EXPORT_OUTPUTS = _EXPORT_H5AD + (
     expand(f"{RESULTS}/{{plate}}/ome_zarr_labels.tsv", plate=PLATES) if _LABELS_MODE != "none" else []
 )
