@@ -12,6 +12,8 @@ select
     ``blocklist``, ``drop_outliers``) with a record of what each operation dropped.
 consensus
     :func:`consensus`: one row per treatment, ``median`` or ``modz``.
+screen_scale
+    ``normalize_scale: screen``: one reference spread per feature for the whole screen.
 sphering, pca, harmony
     The transforms after selection, each fitted and its statistics kept: ``sphering.sphere``
     (whitening on negcon, TVN), ``pca.pca``, ``harmony.harmony`` (batch correction, harmonypy).

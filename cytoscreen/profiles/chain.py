@@ -18,6 +18,7 @@ import pandas as pd
 from cytoscreen import io
 from cytoscreen.profiles.consensus import DEFAULT_CONSENSUS_BY, consensus
 from cytoscreen.profiles.normalize import normalize
+from cytoscreen.profiles.screen_scale import screen_scale
 from cytoscreen.profiles.select import DEFAULT_OPERATIONS, feature_select
 from cytoscreen.profiles.transforms import TransformSettings, transform_profiles
 
@@ -51,6 +52,7 @@ def profile_chain(
     spherize_epsilon: float = 1e-6,
     select_options: Mapping[str, Any] | None = None,
     transforms: TransformSettings | Mapping[str, Any] | None = None,
+    normalize_scale: str = "plate",
 ) -> ProfileChainResult:
     """Normalize per ``by`` group against the reference, select features on the whole table,
     optionally spherize on the reference rows of the whole table, and build consensus profiles.
@@ -68,6 +70,9 @@ def profile_chain(
     spherize
         ``None`` (default) or a method of :data:`cytoscreen.profiles.normalize.SPHERIZE_METHODS`,
         fitted on the reference rows after feature selection (ignored when ``transforms`` is given).
+    normalize_scale
+        ``"plate"`` or ``"screen"``: centre per plate, then divide by the reference spread of the
+        whole table (:mod:`cytoscreen.profiles.screen_scale`), before feature selection.
     transforms
         The transforms after selection (:class:`~cytoscreen.profiles.transforms.TransformSettings`,
         or a mapping of ``profiles:`` keys such as ``{"spherize": "ZCA", "spherize_epsilon": 0.1,
@@ -86,8 +91,15 @@ def profile_chain(
         by=by,
         epsilon=epsilon,
         spherize_epsilon=spherize_epsilon,
+        scale_over=normalize_scale,
         source="normalize",
     )
+    if normalize_scale == "screen":
+        normalized, _ = screen_scale(
+            normalized, method=normalize_method, reference=reference,
+            reference_column=reference_column, reference_value=reference_value, epsilon=epsilon,
+            source="normalize",
+        )
     selection = feature_select(
         normalized,
         features=None if features is None else [f for f in features if f in normalized],

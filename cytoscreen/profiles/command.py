@@ -79,7 +79,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from cytoscreen.argparse_ import HelpFormatter, add_command, section_schema
     from cytoscreen.profiles.aggregate import AGGREGATE_METHODS
     from cytoscreen.profiles.consensus import CONSENSUS_METHODS, MODZ_CORRELATIONS
-    from cytoscreen.profiles.normalize import NORMALIZE_METHODS, SPHERIZE_METHODS
+    from cytoscreen.profiles.normalize import NORMALIZE_METHODS, NORMALIZE_SCALES, SPHERIZE_METHODS
     from cytoscreen.profiles.select import CORRELATION_METHODS, SELECT_OPERATIONS
     from cytoscreen.profiles.sphering import REGULARIZATIONS
 
@@ -154,6 +154,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     reference_options(p)
     _option(p, "--min-reference-wells", "min_reference_wells", d,
             "fewest reference rows per group", type=int)
+    _option(p, "--scale", "normalize_scale", d, "plate: each plate's own scale; screen: centre "
+            "only, select then divides by the reference spread of the whole screen",
+            choices=NORMALIZE_SCALES)
     _option(p, "--epsilon", "mad_robustize_epsilon", d,
             "added to 1.4826*MAD by mad_robustize", type=float)
     _option(p, "--spherize-method", "spherize_method", d, "for --method spherize",

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 NORMALIZE_METHODS = ("mad_robustize", "standardize", "robustize", "spherize")
 SPHERIZE_METHODS = ("ZCA", "ZCA-cor", "PCA", "PCA-cor")
+#: Where the scale of the normalization is measured (``normalize_scale``).
+NORMALIZE_SCALES = ("plate", "screen")
 #: MAD to standard deviation of a normal distribution, as in pycytominer's ``RobustMAD``.
 
 
@@ -141,7 +143,7 @@ def _sklearn_constant(var: np.ndarray, mean: np.ndarray, n: np.ndarray) -> np.nd
     return var <= upper
 
 
-def _fit_scale(
+def fit_scale(
     ref: np.ndarray, method: str, epsilon: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Center, divisor and a mask of features with zero spread in the reference."""
@@ -185,6 +187,7 @@ def normalize(
     spherize_method: str = "ZCA-cor",
     spherize_epsilon: float = 1e-6,
     min_reference: int = 2,
+    scale_over: str = "plate",
     source: str = "profiles",
 ) -> pd.DataFrame:
     """Normalize features per ``by`` group against that group's reference rows.
@@ -209,6 +212,10 @@ def normalize(
         Whitening variant and regularizer when ``method="spherize"``.
     min_reference
         Fewest reference rows a group may have.
+    scale_over
+        ``"plate"``: centre and scale with each group's statistics.  ``"screen"``: only centre
+        here; the screen-level select step then divides by the spread of the reference rows of
+        every plate together (:func:`cytoscreen.profiles.screen_scale.screen_scale`).
 
     Raises
     ------
@@ -220,6 +227,10 @@ def normalize(
     if method not in NORMALIZE_METHODS:
         raise ConfigError(
             f"unknown normalize method {method!r}; choose one of {', '.join(NORMALIZE_METHODS)}"
+        )
+    if scale_over not in NORMALIZE_SCALES:
+        raise ConfigError(
+            f"unknown normalize scale {scale_over!r}; choose one of {', '.join(NORMALIZE_SCALES)}"
         )
     cols = resolve_features(profiles, features, source=source)
     by = resolve_by(profiles, by, source=source, option="--by")
@@ -267,7 +278,10 @@ def normalize(
             result[rows] = fit.transform(xg)
             out_cols = list(fit.columns)
             continue
-        center, scale, const = _fit_scale(x[ref_rows], method, epsilon)
+        center, scale, const = fit_scale(x[ref_rows], method, epsilon)
+        if scale_over == "screen":  # the screen-wide scale comes later (screen_scale)
+            result[rows] = xg - center
+            continue
         if const.any():
             flat_groups.append(label)
             flat_features.update(np.flatnonzero(const).tolist())

@@ -224,15 +224,29 @@ def _normalize(table, opts, source):
         "spherize_method": opts["spherize_method"],
         "spherize_epsilon": opts["spherize_epsilon"],
         "min_reference": opts["min_reference_wells"],
+        "scale_over": opts["normalize_scale"],
     }
     return normalize(table, **params, source=source), params
 
 
 def _select(table, opts, output, source, blocklist_file, selection):
     from cytoscreen.profiles.select import apply_selection, feature_select
-    from cytoscreen.profiles.transforms import TransformSettings, transform_profiles, write_fits
+    from cytoscreen.profiles.transforms import (
+        TransformResult,
+        TransformSettings,
+        transform_profiles,
+        write_fits,
+    )
 
     json_path, tsv_path = selection_paths(output)
+    scaled = None
+    if opts["normalize_scale"] == "screen":  # the per-plate step only centred the plates
+        from cytoscreen.profiles.screen_scale import screen_scale
+
+        table, scaled = screen_scale(
+            table, method=opts["normalize_method"], **_reference_params(opts),
+            epsilon=opts["mad_robustize_epsilon"], source=source,
+        )
     if selection:
         try:
             saved = json.loads(Path(selection).read_text(encoding="utf-8"))
@@ -261,6 +275,9 @@ def _select(table, opts, output, source, blocklist_file, selection):
         out = chosen.profiles
         record = chosen.record()
         io.write_table(chosen.table(), tsv_path)
+    if scaled is not None:
+        params["screen_scale"] = scaled.record()
+        record.update(write_fits(TransformResult(out, {"scale": scaled}), output))
     post = TransformSettings.from_config(opts)
     if post.enabled:  # spherize -> pca -> harmony, each fit saved beside the output
         result = transform_profiles(out, post, source=source)

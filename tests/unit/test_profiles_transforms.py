@@ -345,3 +345,33 @@ def test_asinh_runs_first_and_is_recorded(tmp_path):
                      "--spherize-regularization", "shrinkage", "--spherize-epsilon", "0.1"]) == 0
     rec = json.loads((tmp_path / "s.selection.json").read_text())
     assert rec["asinh"]["operation"] == "asinh" and rec["spherize"]["regularization"] == "shrinkage"
+
+
+# --- normalize_scale: screen -------------------------------------------------------------------
+def test_screen_scale_centres_per_plate_and_scales_once(tmp_path):
+    from cytoscreen.profiles.chain import profile_chain
+    from cytoscreen.profiles.normalize import normalize
+
+    df = _wells()
+    feats = io.feature_columns(df)
+    neg = (df[io.PERT_TYPE] == "negcon").to_numpy()
+    centred = normalize(df, scale_over="screen")
+    by_hand = df[feats].to_numpy().copy()
+    for plate in df[io.PLATE].unique():
+        rows = (df[io.PLATE] == plate).to_numpy()
+        by_hand[rows] -= np.median(df.loc[rows & neg, feats].to_numpy(), axis=0)
+    np.testing.assert_allclose(centred[feats].to_numpy(), by_hand, rtol=1e-5, atol=1e-5)
+    mad = 1.4826 * np.median(np.abs(by_hand[neg] - np.median(by_hand[neg], axis=0)), axis=0)
+    res = profile_chain(df, operations=(), normalize_scale="screen")
+    np.testing.assert_allclose(res.normalized[feats].to_numpy(), by_hand / mad, rtol=1e-4, atol=1e-4)
+    # the CLI: normalize per plate with --scale screen, then select divides and saves the scale
+    src = tmp_path / "w.parquet"
+    df.to_parquet(src)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profiles:\n  normalize_scale: screen\n")
+    assert cli.main(["profiles", "normalize", str(src), str(tmp_path / "n.parquet"), "--config", str(cfg)]) == 0
+    assert cli.main(["profiles", "select", str(tmp_path / "n.parquet"), str(tmp_path / "s.parquet"),
+                     "--config", str(cfg), "--operations", "variance_threshold"]) == 0
+    scale = pd.read_parquet(tmp_path / "s.scale.parquet").set_index("feature")["scale"]
+    np.testing.assert_allclose(scale[feats].to_numpy(), mad, rtol=1e-5)
+    assert json.loads((tmp_path / "s.selection.json").read_text())["scale"]["over"] == "screen"
