@@ -24,7 +24,7 @@ from cytoscreen.moa import metrics
 from cytoscreen.moa.cluster import Clustering, cluster_profiles
 from cytoscreen.moa.embed import umap_embedding
 from cytoscreen.moa.similarity import feature_matrix, nearest_neighbors
-from cytoscreen.plate import format_treatment
+from cytoscreen.plate import NEGCON, format_treatment
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def cluster_agreement(
         return None
     keep = table[moa_col].notna()
     if pert_type_col in table.columns:
-        keep &= table[pert_type_col].astype(str).str.lower() != "negcon"
+        keep &= table[pert_type_col].astype(str).str.strip().str.lower() != NEGCON  # as plate.negcon_mask
     if keep.sum() < 2:
         return None
     truth = table.loc[keep, moa_col]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import InputDataError
-from cytoscreen.plate import treatment_label
+from cytoscreen.plate import negcon_mask, treatment_label
 from cytoscreen.report.controls import ControlQuality
 from cytoscreen.report.wells import SITES, SITES_FAILED, SITES_PROFILED, require_columns
 
@@ -57,7 +57,7 @@ def plate_summary(
         else "",
         "sites": sites,
         "wells": len(summary),
-        "wells_negcon": int((pert == "negcon").sum()),
+        "wells_negcon": int(negcon_mask(summary).sum()),
         "wells_poscon": int((pert == "poscon").sum()),
         "wells_trt": int((pert == "trt").sum()),
         "sites_passed_qc": sites - failed,
@@ -177,7 +177,7 @@ def cluster_table(moa: pd.DataFrame, columns: MoaColumns | None = None) -> pd.Da
         if columns.moa:
             known = sub[columns.moa].dropna().astype(str)
             if columns.pert_type:
-                known = known[sub.loc[known.index, columns.pert_type].astype(str) != "negcon"]
+                known = known[~negcon_mask(sub.loc[known.index].rename(columns={columns.pert_type: io.PERT_TYPE}))]
             counts = known.value_counts()
             rec["top_moa"] = counts.index[0] if len(counts) else ""
             rec["purity"] = float(counts.iloc[0] / counts.sum()) if len(counts) else float("nan")

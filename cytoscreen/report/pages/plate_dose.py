@@ -7,6 +7,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.dose import fit
+from cytoscreen.plate import negcon_mask
 from cytoscreen.report import controls, plots
 from cytoscreen.report.components import Column, esc, not_run, table_html
 
@@ -19,8 +20,7 @@ MIN_PANEL_DOSES = 3
 def _panel(row: pd.Series, wells: pd.DataFrame, reference: float) -> plots.DosePanel:
     readout, dose_col = str(row[fit.READOUT]), str(row[fit.DOSE_COLUMN])
     sub = wells[wells[fit.COMPOUND].astype(str) == str(row[fit.COMPOUND])]
-    if io.PERT_TYPE in sub.columns:
-        sub = sub[sub[io.PERT_TYPE].astype(str).str.strip().str.lower() != "negcon"]
+    sub = sub[~negcon_mask(sub)]
     dose = pd.to_numeric(sub[dose_col], errors="coerce") if dose_col in sub.columns else pd.Series(dtype=float)
     resp = pd.to_numeric(sub[readout], errors="coerce") if readout in sub.columns else pd.Series(dtype=float)
     ok = (dose > 0) & dose.notna() & resp.notna()
@@ -49,7 +49,7 @@ def _negcon_median(wells: pd.DataFrame, readout: str) -> float:
     """Median of the readout over the out-of-sample negcon wells (NaN when there is none)."""
     if readout not in wells.columns or io.PERT_TYPE not in wells.columns:
         return float("nan")
-    neg = wells[io.PERT_TYPE].astype(str).str.strip().str.lower() == "negcon"
+    neg = negcon_mask(wells)
     values = controls.control_values(wells, readout)[neg].dropna()
     return float(values.median()) if len(values) else float("nan")
 
