@@ -116,6 +116,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         _option(p, "--spherize-regularization", "spherize_regularization", d,
                 "spherize regularization (singular: pycytominer; shrinkage: relative ridge)",
                 choices=REGULARIZATIONS)
+        _option(p, "--spherize-reference", "spherize_reference", d, "rows spherize is fitted on "
+                "(negcon, all or a query; 'none' = --reference)", null="none")
         _option(p, "--pca-components", "pca_components", d, "PCA after selection (and spherize): "
                 "a count, or a variance fraction below 1 ('none' = off)", type=float, null="none")
         _option(p, "--pca-reference", "pca_reference", d, "rows PCA is fitted on: all or negcon")

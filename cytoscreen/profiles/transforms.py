@@ -52,6 +52,8 @@ class TransformSettings:
     spherize: str | None = None
     spherize_epsilon: float = 1e-6
     spherize_regularization: str = "singular"
+    #: rows sphering is fitted on; None uses ``reference`` (with its column/value)
+    spherize_reference: str | None = None
     #: the method of ``cytoscreen profiles spherize`` (the chain uses ``spherize``)
     spherize_method: str = "ZCA-cor"
     pca_components: float | int | None = None
@@ -130,11 +132,14 @@ def transform_profiles(
         elif name == "spherize":
             from cytoscreen.profiles.sphering import sphere
 
+            own = settings.spherize_reference
             out, fits[name] = sphere(
                 out, features=feats,
                 method=settings.spherize if steps is None else settings.spherize_method,
-                reference=settings.reference, epsilon=settings.spherize_epsilon,
-                regularization=settings.spherize_regularization, source=source, **ref,
+                reference=settings.reference if own is None else own,
+                epsilon=settings.spherize_epsilon,
+                regularization=settings.spherize_regularization, source=source,
+                **(ref if own is None else {}),
             )
         elif name == "pca":
             from cytoscreen.profiles.pca import pca

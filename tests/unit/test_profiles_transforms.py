@@ -375,3 +375,13 @@ def test_screen_scale_centres_per_plate_and_scales_once(tmp_path):
     scale = pd.read_parquet(tmp_path / "s.scale.parquet").set_index("feature")["scale"]
     np.testing.assert_allclose(scale[feats].to_numpy(), mad, rtol=1e-5)
     assert json.loads((tmp_path / "s.selection.json").read_text())["scale"]["over"] == "screen"
+
+
+def test_spherize_reference_apart_from_the_normalize_reference():
+    df = _wells()
+    neg = (df[io.PERT_TYPE] == "negcon").to_numpy()
+    res = transform_profiles(df, TransformSettings(spherize="ZCA", reference="all",
+                                                   spherize_reference="negcon"))
+    assert res.fits["spherize"].n_reference == int(neg.sum())
+    res = transform_profiles(df, TransformSettings(spherize="ZCA", reference="all"))
+    assert res.fits["spherize"].n_reference == len(df)
