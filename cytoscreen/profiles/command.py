@@ -197,6 +197,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--selection", default=None, metavar="JSON",
                    help="apply the kept features of a saved <name>.selection.json instead of "
                    "selecting anew")
+    p.add_argument("--untransformed", default=None, metavar="TABLE",
+                   help="also write the table before spherize, PCA and Harmony (after asinh), e.g. "
+                   "for novelty scoring, whose controls must not be those the sphering was fitted on")
     p.add_argument("--per-plate-dir", default=None, metavar="DIR",
                    help="also write DIR/<plate>/<OUTPUT file name> for each Metadata_Plate")
 
@@ -241,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         args.action, args.inputs, args.output, config["profiles"],
         qc=getattr(args, "qc", None), blocklist_file=getattr(args, "blocklist_file", None),
         selection=getattr(args, "selection", None), per_plate_dir=getattr(args, "per_plate_dir", None),
+        untransformed=getattr(args, "untransformed", None),
         config_hash=io.config_hash(config if args.config else None),
     )
     return 0

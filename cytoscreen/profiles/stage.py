@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 #: :data:`cytoscreen.profiles.transforms.TRANSFORMS`.
 ACTIONS = ("aggregate", "normalize", "select", "consensus", "asinh", "spherize", "pca", "harmony")
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv")
+#: The transforms ``--untransformed`` leaves out (they are fitted on the screen's wells).
+SCREEN_FITTED = ("spherize", "pca", "harmony")
 
 #: Feature columns decoded per multi-threaded Parquet read (bounds Arrow's buffers to a few dozen MB).
 _READ_COLUMNS = 128
@@ -154,13 +156,16 @@ def run_step(
     blocklist_file: str | Path | None = None,
     selection: str | Path | None = None,
     per_plate_dir: str | Path | None = None,
+    untransformed: str | Path | None = None,
     config_hash: str | None = None,
 ) -> Path:
     """Read ``inputs``, run profiles ``action`` with the ``profiles:`` settings ``opts``, write ``output``.
 
     ``qc`` (aggregate) joins a QC table's flags to the sites; ``blocklist_file``, ``selection`` and
     ``per_plate_dir`` are select's (extra blocklist names, a saved selection to apply instead of
-    selecting, and per-plate copies of the output).  Returns ``output``.
+    selecting, and per-plate copies of the output); ``untransformed`` (select) also writes the
+    table before spherize, PCA and Harmony, for steps such as novelty whose controls must not be
+    the ones the sphering was fitted on.  Returns ``output``.
     """
     if action not in ACTIONS:
         raise ConfigError(f"unknown profiles action {action!r}; choose from {', '.join(ACTIONS)}")
@@ -176,7 +181,8 @@ def run_step(
     elif action == "normalize":
         out, params = _normalize(table, opts, inputs[0])
     elif action == "select":
-        out, params = _select(table, opts, output, source, blocklist_file, selection)
+        out, params = _select(table, opts, output, source, blocklist_file, selection,
+                              untransformed, config_hash)
     elif action == "consensus":
         out, params = _consensus(table, opts, inputs[0])
     else:
@@ -229,7 +235,8 @@ def _normalize(table, opts, source):
     return normalize(table, **params, source=source), params
 
 
-def _select(table, opts, output, source, blocklist_file, selection):
+def _select(table, opts, output, source, blocklist_file, selection, untransformed=None,
+            config_hash=None):
     from cytoscreen.profiles.select import apply_selection, feature_select
     from cytoscreen.profiles.transforms import (
         TransformResult,
@@ -280,10 +287,17 @@ def _select(table, opts, output, source, blocklist_file, selection):
         record.update(write_fits(TransformResult(out, {"scale": scaled}), output))
     post = TransformSettings.from_config(opts)
     if post.enabled:  # spherize -> pca -> harmony, each fit saved beside the output
-        result = transform_profiles(out, post, source=source)
+        result = transform_profiles(out, post, snapshot_before=SCREEN_FITTED, source=source)
         out = result.profiles
         params["transforms"] = post.record()
         record.update(write_fits(result, output))
+    if untransformed:
+        before = result.snapshot if post.enabled else out
+        prov = io.provenance("profiles.select", parameters={**params, "before": list(SCREEN_FITTED)},
+                             config_hash=config_hash)
+        io.write_table(before, str(untransformed),
+                       **({"provenance": prov} if str(untransformed).endswith(".parquet") else {}))
+        logger.info("wrote %s (before %s)", untransformed, ", ".join(SCREEN_FITTED))
     io.write_json(record, json_path)
     logger.info("wrote %s", json_path)
     return out, params

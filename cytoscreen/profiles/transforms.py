@@ -102,6 +102,8 @@ class TransformResult:
 
     profiles: pd.DataFrame
     fits: dict[str, Any] = field(default_factory=dict)
+    #: the table just before the first ``snapshot_before`` transform that ran (else the result)
+    snapshot: pd.DataFrame | None = None
 
 
 def transform_profiles(
@@ -110,6 +112,7 @@ def transform_profiles(
     *,
     features: Sequence[str] | None = None,
     steps: Sequence[str] | None = None,
+    snapshot_before: Sequence[str] = (),
     source: str = "profiles",
 ) -> TransformResult:
     """Run the enabled transforms in order (module docstring); the table is returned unchanged when
@@ -117,7 +120,8 @@ def transform_profiles(
 
     ``steps`` runs the named transforms instead (``cytoscreen profiles spherize|pca|harmony``):
     sphering then uses ``spherize_method``, and an unset ``pca_components`` keeps every component of
-    the reference's rank.
+    the reference's rank.  ``snapshot_before`` (e.g. ``("spherize", "pca", "harmony")``) keeps the
+    table as it was before the first of those transforms, for steps that must not see them.
     """
     if steps is not None:
         unknown = [t for t in steps if t not in TRANSFORMS]
@@ -125,7 +129,10 @@ def transform_profiles(
             raise ConfigError(f"unknown transform(s) {unknown}; choose from {', '.join(TRANSFORMS)}")
     out, fits = profiles, {}
     ref = {"reference_column": settings.reference_column, "reference_value": settings.reference_value}
+    snapshot = None
     for name in [t for t in TRANSFORMS if t in steps] if steps is not None else settings.enabled:
+        if snapshot is None and name in snapshot_before:
+            snapshot = out
         feats = features if not fits else None  # later steps see the previous step's columns
         if name == "asinh":
             out, fits[name] = asinh(out, features=feats, source=source)
@@ -161,7 +168,7 @@ def transform_profiles(
             )
         else:  # pragma: no cover - TRANSFORMS is closed
             raise ConfigError(f"unknown transform {name!r}")
-    return TransformResult(out, fits)
+    return TransformResult(out, fits, snapshot if snapshot is not None else out)
 
 
 @dataclass(frozen=True)

@@ -385,3 +385,18 @@ def test_spherize_reference_apart_from_the_normalize_reference():
     assert res.fits["spherize"].n_reference == int(neg.sum())
     res = transform_profiles(df, TransformSettings(spherize="ZCA", reference="all"))
     assert res.fits["spherize"].n_reference == len(df)
+
+
+def test_select_writes_the_untransformed_table(tmp_path):
+    df = _wells()
+    feats = io.feature_columns(df)
+    src, out, pre = tmp_path / "n.parquet", tmp_path / "s.parquet", tmp_path / "pre.parquet"
+    df.to_parquet(src)
+    assert cli.main(["profiles", "select", str(src), str(out), "--operations", "variance_threshold",
+                     "--asinh", "--spherize", "ZCA", "--pca-components", "2",
+                     "--untransformed", str(pre)]) == 0
+    before = pd.read_parquet(pre)
+    # asinh applied, sphering and PCA not
+    np.testing.assert_allclose(before[feats].to_numpy(), np.arcsinh(df[feats].to_numpy()), rtol=1e-6)
+    assert io.feature_columns(pd.read_parquet(out)) == ["PC1", "PC2"]
+    assert io.read_provenance(pre)["parameters"]["before"] == ["spherize", "pca", "harmony"]
