@@ -65,6 +65,11 @@ NOVELTY_HIT = "Metadata_Novelty_Hit"
 NOVELTY_ROBUST_Z = "Metadata_Novelty_RobustZ"
 #: Z'-factor of the plate's novelty score, poscon vs negcon wells (same value on every well of a plate).
 NOVELTY_PLATE_ZPRIME = "Metadata_Novelty_PlateZPrime"
+#: Per-well robust z of the projection on the plate's poscon - negcon direction (controls left out of the
+#: direction and centre they are scored against), against the plate's negcon wells.
+NOVELTY_POSCON_Z = "Metadata_Novelty_PosconZ"
+#: Z'-factor of ``Metadata_Novelty_PosconZ``, poscon vs negcon, per plate (repeated on each well).
+NOVELTY_POSCON_ZPRIME = "Metadata_Novelty_PosconZPrime"
 
 PERT_TYPES = ("trt", "negcon", "poscon", "empty")
 

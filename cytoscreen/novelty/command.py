@@ -191,6 +191,9 @@ def run_score(args: argparse.Namespace) -> int:
         n_tested=result.n_tested,
         n_hits=result.n_hits,
         zprime_by_plate={p: (None if z != z else round(z, 4)) for p, z in result.zprime.items()},
+        poscon_zprime_by_plate={
+            p: (None if z != z else round(z, 4)) for p, z in result.poscon_zprime.items()
+        },
     )
     io.write_parquet(result.novelty, args.out, provenance=prov)
     logger.info("wrote %s (%d wells, %d hits)", args.out, len(result.novelty), result.n_hits)

@@ -26,7 +26,9 @@ and a leave-one-out p-value (to check calibration) but have no q-value and are n
 The plate readout: ``Metadata_Novelty_RobustZ``, the robust z (median, 1.4826 MAD) of each well's log
 score against the out-of-sample log scores of its plate's control wells (the screen's controls when
 the plate has fewer than :data:`MIN_PLATE_CONTROLS`), and ``Metadata_Novelty_PlateZPrime``, the
-Z'-factor of that z between the plate's poscon and control wells (NaN with fewer than 2 of either).
+Z'-factor of that z between the plate's poscon and control wells (NaN with fewer than 2 of either);
+``Metadata_Novelty_PosconZ`` and ``_PosconZPrime``, the cross-fitted projection on the plate's
+poscon - negcon direction (:func:`cytoscreen.novelty.readout.poscon_direction_z`) and its Z'.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from cytoscreen.io import (
     N_SITES,
     NOVELTY_HIT,
     NOVELTY_PLATE_ZPRIME,
+    NOVELTY_POSCON_Z,
+    NOVELTY_POSCON_ZPRIME,
     NOVELTY_PVALUE,
     NOVELTY_QVALUE,
     NOVELTY_ROBUST_Z,
@@ -55,6 +59,7 @@ from cytoscreen.io import (
     feature_columns,
 )
 from cytoscreen.novelty.data import CROSSFIT, NO_SPLIT, check_profiles, reference_rows, well_keys
+from cytoscreen.novelty.readout import plate_robust_z, plate_zprime, poscon_direction_z
 from cytoscreen.novelty.settings import PVALUE_METHODS, SITE_AGGREGATES
 from cytoscreen.plate import pert_type_mask
 
@@ -62,10 +67,8 @@ logger = logging.getLogger(__name__)
 
 NOVELTY_COLUMNS = (
     NOVELTY_SCORE, NOVELTY_PVALUE, NOVELTY_QVALUE, NOVELTY_HIT, NOVELTY_SPLIT, NOVELTY_ROBUST_Z,
-    NOVELTY_PLATE_ZPRIME,
+    NOVELTY_PLATE_ZPRIME, NOVELTY_POSCON_Z, NOVELTY_POSCON_ZPRIME,
 )
-#: Fewest control wells of a plate for its own robust-z reference (else the screen's controls).
-MIN_PLATE_CONTROLS = 3
 #: Floor of a score before its log is taken (a perfect reconstruction would give -inf).
 _SCORE_FLOOR = 1e-12
 
@@ -84,6 +87,8 @@ class NoveltyScores:
     pvalue_method: str
     zprime: dict[str, float]
     """Z'-factor of the novelty score per plate (NaN without 2 poscon and 2 control wells)."""
+    poscon_zprime: dict[str, float]
+    """Z'-factor of the poscon-direction readout per plate (NaN where it is not defined)."""
 
 
 # --- p-values -------------------------------------------------------------------------------------
@@ -332,10 +337,15 @@ def score_profiles(
     wells[NOVELTY_QVALUE] = qvals
     wells[NOVELTY_HIT] = hits.astype(bool)
     wells[NOVELTY_SPLIT] = np.where(is_ctrl, CROSSFIT, NO_SPLIT).astype(str)
-    wells[NOVELTY_ROBUST_Z] = plate_robust_z(wells[PLATE].astype(str).to_numpy(), log_score, is_ctrl,
-                                             source=source)
-    zprime = plate_zprime(wells, is_ctrl)
+    plates = wells[PLATE].astype(str).to_numpy()
+    is_pos = pert_type_mask(wells, "poscon")
+    wells[NOVELTY_ROBUST_Z] = plate_robust_z(plates, log_score, is_ctrl, source=source)
+    zprime = plate_zprime(wells[NOVELTY_ROBUST_Z].to_numpy(), plates, is_ctrl, is_pos)
     wells[NOVELTY_PLATE_ZPRIME] = wells[PLATE].astype(str).map(zprime).astype(np.float64)
+    is_neg = reference_rows(wells, reference)
+    wells[NOVELTY_POSCON_Z] = poscon_direction_z(_well_features(profiles, features), plates, is_neg, is_pos)
+    poscon_zprime = plate_zprime(wells[NOVELTY_POSCON_Z].to_numpy(), plates, is_neg, is_pos)
+    wells[NOVELTY_POSCON_ZPRIME] = wells[PLATE].astype(str).map(poscon_zprime).astype(np.float64)
     logger.info(
         "%s: scored %d rows in %d wells with %d cross-fitted model(s); null from %d out-of-sample "
         "control wells (%s p-values); tested %d wells (%d excluded by pert_type); %d hit(s) at "
@@ -344,45 +354,21 @@ def score_profiles(
         int((~is_ctrl & excluded).sum()), int(hits.sum()), hit_q,
         ", ".join(f"{p} {z:.2f}" for p, z in zprime.items()) or "n/a",
     )
+    if any(np.isfinite(v) for v in poscon_zprime.values()):
+        logger.info("%s: Z' of the poscon-direction readout per plate: %s", source,
+                    ", ".join(f"{p} {z:.2f}" for p, z in poscon_zprime.items()))
     return NoveltyScores(
         novelty=wells, residuals=residuals, n_controls=n_ctrl, n_tested=int(tested.sum()),
-        n_hits=int(hits.sum()), pvalue_method=method, zprime=zprime,
+        n_hits=int(hits.sum()), pvalue_method=method, zprime=zprime, poscon_zprime=poscon_zprime,
     )
 
 
-# --- plate readout --------------------------------------------------------------------------------
-def plate_robust_z(plates: np.ndarray, log_score: np.ndarray, is_ctrl: np.ndarray, *,
-                   source: str = "profiles") -> np.ndarray:
-    """Robust z of each well's log score against its plate's control wells (:mod:`cytoscreen.stats`);
-    the screen's control wells for plates with fewer than :data:`MIN_PLATE_CONTROLS`."""
-    z = np.full(len(log_score), np.nan)
-    screen_ref = log_score[is_ctrl & np.isfinite(log_score)]
-    pooled = []
-    for plate in dict.fromkeys(plates):
-        on = plates == plate
-        ref = log_score[on & is_ctrl & np.isfinite(log_score)]
-        if len(ref) < MIN_PLATE_CONTROLS:
-            pooled.append(str(plate))
-            ref = screen_ref
-        if len(ref):
-            z[on] = stats.robust_z(log_score[on], ref)
-    if pooled and len(screen_ref):
-        logger.warning(
-            "%s: plate(s) %s have fewer than %d control wells; their robust z uses the screen's %d",
-            source, ", ".join(pooled[:5]), MIN_PLATE_CONTROLS, len(screen_ref),
-        )
-    return z
-
-
-def plate_zprime(wells: pd.DataFrame, is_ctrl: np.ndarray) -> dict[str, float]:
-    """Z'-factor per plate of ``Metadata_Novelty_RobustZ``, poscon vs out-of-sample control wells."""
-    is_pos = pert_type_mask(wells, "poscon")
-    z = wells[NOVELTY_ROBUST_Z].to_numpy(dtype=np.float64)
-    plates = wells[PLATE].astype(str).to_numpy()
-    return {
-        str(p): stats.z_prime(z[(plates == p) & is_pos], z[(plates == p) & is_ctrl])
-        for p in dict.fromkeys(plates)
-    }
+def _well_features(profiles: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    """The well profiles (site medians at site level), in the order of :func:`_well_table`."""
+    if SITE not in profiles.columns:
+        return profiles[list(features)].to_numpy(np.float64)
+    group = profiles.groupby([PLATE, WELL], sort=False, dropna=False)
+    return group[list(features)].median().to_numpy(np.float64)
 
 
 def _well_table(

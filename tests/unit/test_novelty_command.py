@@ -77,7 +77,8 @@ def test_train_and_score_write_the_documented_outputs(trained):
     novelty = pd.read_parquet(out / "novelty.parquet")
     meta = [c for c in wells.columns if c.startswith("Metadata_")]
     assert list(novelty.columns) == [*meta, NOVELTY_SCORE, NOVELTY_PVALUE, NOVELTY_QVALUE,
-                                     NOVELTY_HIT, NOVELTY_SPLIT, NOVELTY_ROBUST_Z, NOVELTY_PLATE_ZPRIME]
+                                     NOVELTY_HIT, NOVELTY_SPLIT, NOVELTY_ROBUST_Z, NOVELTY_PLATE_ZPRIME,
+                                     io.NOVELTY_POSCON_Z, io.NOVELTY_POSCON_ZPRIME]
     assert len(novelty) == len(wells) and not novelty.duplicated([PLATE, WELL]).any()
     assert novelty[NOVELTY_HIT].dtype == bool
     assert set(novelty[NOVELTY_SPLIT]) == {"crossfit", "none"}

@@ -14,6 +14,8 @@ from cytoscreen.errors import InputDataError, ModelError
 from cytoscreen.io import (
     NOVELTY_HIT,
     NOVELTY_PLATE_ZPRIME,
+    NOVELTY_POSCON_Z,
+    NOVELTY_POSCON_ZPRIME,
     NOVELTY_PVALUE,
     NOVELTY_QVALUE,
     NOVELTY_ROBUST_Z,
@@ -109,8 +111,10 @@ def test_score_table_layout_who_is_tested_and_out_of_sample_scores():
     res = score_profiles(df, crossfit, hit_q=0.05, pvalue="conformal")
     out = res.novelty
     assert list(out.columns[: df.shape[1] - 24]) == [c for c in df.columns if c.startswith("Metadata_")]
-    assert list(out.columns[-7:]) == [NOVELTY_SCORE, NOVELTY_PVALUE, NOVELTY_QVALUE, NOVELTY_HIT,
-                                      NOVELTY_SPLIT, NOVELTY_ROBUST_Z, NOVELTY_PLATE_ZPRIME]
+    assert list(out.columns[-9:]) == [NOVELTY_SCORE, NOVELTY_PVALUE, NOVELTY_QVALUE, NOVELTY_HIT,
+                                      NOVELTY_SPLIT, NOVELTY_ROBUST_Z, NOVELTY_PLATE_ZPRIME,
+                                      NOVELTY_POSCON_Z, NOVELTY_POSCON_ZPRIME]
+    assert out[NOVELTY_POSCON_Z].isna().all()  # no poscon wells
     assert len(out) == len(df) and (out["Metadata_Well"].to_numpy() == df["Metadata_Well"].to_numpy()).all()
     assert res.n_controls == 64 and res.pvalue_method == "conformal"
     assert set(out.loc[out[PERT_TYPE] == "negcon", NOVELTY_SPLIT]) == {"crossfit"}
@@ -170,6 +174,39 @@ def test_gaussian_pvalues_and_plate_robust_z():
     assert res.zprime["P1"] == pytest.approx(expected)
     assert np.isnan(res.zprime["P2"])  # no poscon there
     assert (out.loc[on, NOVELTY_PLATE_ZPRIME] == res.zprime["P1"]).all()
+    # the poscon-direction readout separates the shifted poscon wells on P1, NaN on P2 (no poscon)
+    pz = out[NOVELTY_POSCON_Z].to_numpy()
+    assert pz[on & (out[PERT_TYPE] == "poscon").to_numpy()].min() > 3
+    assert np.isnan(pz[~on]).all() and res.poscon_zprime["P1"] > 0
+    assert (out.loc[on, NOVELTY_POSCON_ZPRIME] == res.poscon_zprime["P1"]).all()
+
+
+def test_poscon_direction_z_is_cross_fitted_by_hand():
+    from cytoscreen.novelty.readout import poscon_direction_z
+
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [10.0, 0.0], [12.0, 2.0], [5.0, 1.0]])
+    plates = np.array(["P"] * 6)
+    neg = np.array([True, True, True, False, False, False])
+    pos = np.array([False, False, False, True, True, False])
+    z = poscon_direction_z(x, plates, neg, pos)
+
+    def proj(v, centre, direction):
+        return float((v - centre) @ (direction / np.linalg.norm(direction)))
+
+    mu_n, mu_p = x[:3].mean(axis=0), x[3:5].mean(axis=0)
+    s = []
+    for i in range(3):  # each negcon: centre and direction without it
+        c = np.delete(x[:3], i, axis=0).mean(axis=0)
+        s.append(proj(x[i], c, mu_p - c))
+    s.append(proj(x[3], mu_n, x[4] - mu_n))  # each poscon: direction without it
+    s.append(proj(x[4], mu_n, x[3] - mu_n))
+    s.append(proj(x[5], mu_n, mu_p - mu_n))
+    s = np.array(s)
+    med = np.median(s[:3])
+    mad = 1.4826 * np.median(np.abs(s[:3] - med))
+    np.testing.assert_allclose(z, (s - med) / mad)
+    # too few poscon on a plate: NaN
+    assert np.isnan(poscon_direction_z(x, plates, neg, np.array([False] * 3 + [True] + [False] * 2))).all()
 
 
 def test_plate_robust_z_pools_the_screen_for_plates_with_few_controls():
