@@ -232,7 +232,11 @@ def correlation_exclude(
         raise ConfigError("corr_threshold must be between 0 and 1")
     if x.shape[1] < 2:
         return []
-    corr = correlation_matrix(x, method=method)
+    return exclude_correlated(correlation_matrix(x, method=method), names, threshold=threshold)
+
+
+def exclude_correlated(corr: np.ndarray, names: Sequence[str], *, threshold: float = 0.9) -> list[str]:
+    """pycytominer's correlation rule on a correlation matrix ``corr`` of the features ``names``."""
     abs_sum = np.nansum(np.abs(corr), axis=0)
     # pycytominer: data_cor_df.abs().sum().sort_values().index; the same pandas sort, same ties
     order = pd.Series(abs_sum).sort_values().index.to_numpy()
