@@ -73,11 +73,17 @@ def test_workflow_runs_on_tiny_screen(workdir, cli_env, tiny_screen):
     assert len(selected) == 192 - 2 * n_failed and 0 < len(io.feature_columns(selected)) < len(feats)
     consensus = pd.read_parquet(workdir / "results" / "screen" / "consensus.parquet")
     assert len(consensus) == consensus[[io.PERTURBATION, io.CONCENTRATION]].drop_duplicates().shape[0]
-    # novelty: strong phenotypes (the poscon) score above negcon wells
+    # novelty: strong phenotypes (the poscon) score above negcon wells. The controls are scored out
+    # of sample (cross-fitted), so their scores are a fair null, not near zero: every poscon well
+    # scores above 3x the median negcon well, and the score separates the two (AUROC)
+    from sklearn.metrics import roc_auc_score
+
     nov = pd.read_parquet(workdir / "results" / "screen" / "novelty" / "novelty.parquet")
     assert {io.NOVELTY_SCORE, io.NOVELTY_PVALUE, io.NOVELTY_QVALUE, io.NOVELTY_HIT} <= set(nov.columns)
-    med = nov.groupby(io.PERT_TYPE)[io.NOVELTY_SCORE].median()
-    assert med["poscon"] > 5 * med["negcon"]
+    controls = nov[nov[io.PERT_TYPE].isin(["poscon", "negcon"])]
+    negcon_median = controls.loc[controls[io.PERT_TYPE] == "negcon", io.NOVELTY_SCORE].median()
+    assert controls.loc[controls[io.PERT_TYPE] == "poscon", io.NOVELTY_SCORE].min() > 3 * negcon_median
+    assert roc_auc_score(controls[io.PERT_TYPE] == "poscon", controls[io.NOVELTY_SCORE]) >= 0.9
     # MoA + evaluation, reports
     moa = pd.read_parquet(workdir / "results" / "screen" / "moa.parquet")
     assert len(moa) == len(consensus) and io.feature_columns(moa) == []
