@@ -323,10 +323,25 @@ def bbbc013_record(results: Path) -> dict[str, Any]:
         pos = nov[io.PERT_TYPE].astype(str).str.lower().eq("poscon").to_numpy()
         record["poscon_max_q"] = _round(np.nanmax(q[pos])) if pos.any() else None
         record["readout"] = io.NOVELTY_ROBUST_Z if io.NOVELTY_ROBUST_Z in nov else f"log {io.NOVELTY_SCORE}"
+        poscon_z = getattr(io, "NOVELTY_POSCON_Z", None)
+        if poscon_z and poscon_z in nov:  # the cross-fitted poscon-direction readout
+            direction = plate_hit_metrics(nov, nov[poscon_z].to_numpy(np.float64), hits)
+            record["poscon_direction"] = {k: direction[k] for k in ("zprime", "dose_spearman")}
     else:
         record["error"] = f"{novelty_path} was not made"
     record["hit_q"] = hit_q
     record["raw"] = {**plate_hit_metrics(wells, raw_z, raw_hits), "readout": "log distance to negcon mean"}
+    try:
+        from cytoscreen.novelty.readout import poscon_direction_z
+    except ImportError:  # older package without the poscon-direction readout
+        return record
+    from cytoscreen.plate import pert_type_mask
+
+    x = wells[_features(wells)].to_numpy(np.float64)
+    pz = poscon_direction_z(x, wells[io.PLATE].astype(str).to_numpy(), _negcon(wells),
+                            np.asarray(pert_type_mask(wells, "poscon"), dtype=bool))
+    direction = plate_hit_metrics(wells, pz, raw_hits)
+    record["raw"]["poscon_direction"] = {k: direction[k] for k in ("zprime", "dose_spearman")}
     return record
 
 
