@@ -55,6 +55,12 @@ class SiteTable:
         ``(n_sites, n_channels)`` arrays: the image file and frame of every site and channel.
     skipped
         Site keys of the sites left out because they are flagged ``QC_unreadable``.
+    scales
+        ``(n_sites, n_channels)`` float ``intensity_scale`` of every image
+        (``ingest.on_mixed_bit_depth: rescale``), or None when all are 1.
+    dtype
+        The one dtype of every image (``images.parquet``'s ``dtype`` column), or None when the
+        table does not say or mixes dtypes.
     """
 
     sites: pd.DataFrame
@@ -62,6 +68,8 @@ class SiteTable:
     paths: np.ndarray
     frames: np.ndarray
     skipped: pd.DataFrame
+    scales: np.ndarray | None = None
+    dtype: str | None = None
 
     def __len__(self) -> int:
         return len(self.sites)
@@ -127,7 +135,28 @@ def build_site_table(
             f"{source}: no site left to embed ({len(skipped)} flagged {UNREADABLE}); check the "
             f"images and {qc_source}"
         )
-    return SiteTable(sites=sites, channels=chans, paths=paths, frames=frames, skipped=skipped)
+    return SiteTable(sites=sites, channels=chans, paths=paths, frames=frames, skipped=skipped,
+                     scales=_intensity_scales(images, paths, frames), dtype=_one_dtype(images, chans))
+
+
+def _intensity_scales(images: pd.DataFrame, paths: np.ndarray, frames: np.ndarray) -> np.ndarray | None:
+    """``intensity_scale`` per site and channel, looked up by (path, frame); None when all are 1."""
+    if io.INTENSITY_SCALE not in images.columns:
+        return None
+    scale = images[io.INTENSITY_SCALE].to_numpy(np.float64)
+    if np.all(scale == 1.0):
+        return None
+    frame = images[io.FRAME].to_numpy(np.int64) if io.FRAME in images.columns else np.full(len(images), -1)
+    lookup = dict(zip(zip(images[io.PATH].astype(str), frame.tolist(), strict=True), scale.tolist(), strict=True))
+    return np.array([[lookup.get((str(p), int(f)), 1.0) for p, f in zip(prow, frow, strict=True)]
+                     for prow, frow in zip(paths, frames, strict=True)], dtype=np.float64).reshape(paths.shape)
+
+
+def _one_dtype(images: pd.DataFrame, channels: Sequence[str]) -> str | None:
+    if io.DTYPE not in images.columns:
+        return None
+    kinds = images.loc[images[io.CHANNEL].astype(str).isin(list(channels)), io.DTYPE].astype(str).unique()
+    return str(kinds[0]) if len(kinds) == 1 else None
 
 
 def _join_qc(sites: pd.DataFrame, qc: pd.DataFrame, keys: list[str], *, source: str,
@@ -168,17 +197,26 @@ class SiteDataset(Dataset):
     Items are ``{"index": int, "image": float32 tensor (C, T, P, P)}`` with T tiles (1 when
     resizing).  ``mode="levels"`` yields ``(C, 2)`` intensity levels of the fitted, unscaled site
     instead and ``mode="raw"`` the float images at native size (both for :func:`fit_reference`).
+
+    ``mode="planes"`` leaves steps 2-4 of the preprocessing to the device (``spatial: resize``
+    only): items are ``{"index", "planes": (C, H, W) tensor of the images as read (uint8/uint16
+    when every image of the table has that dtype, ``transfer_dtype``; else float32),
+    "dtype_max": (C,), "scale": (C,)}``, batched by :class:`PlaneCollate` and finished by
+    :func:`cytoscreen.features.preprocess.fit_batch` (2-8x less data than float32 planes).
     """
 
     def __init__(self, paths: np.ndarray, frames: np.ndarray, prep: pp.Preprocessing, *,
                  channels: Sequence[str] = (), indices: Sequence[int] | None = None,
-                 mode: str = "embed") -> None:
+                 mode: str = "embed", scales: np.ndarray | None = None,
+                 transfer_dtype: str | None = None) -> None:
         self.paths = [[str(p) for p in row] for row in paths]
         self.frames = [[int(f) for f in row] for row in frames]
+        self.scales = None if scales is None else [[float(v) for v in row] for row in scales]
+        self.transfer_dtype = transfer_dtype if transfer_dtype in ("uint8", "uint16") else "float32"
         self.prep = prep
         self.channels = tuple(channels) or tuple(f"channel{c}" for c in range(len(self.paths[0]) if self.paths else 0))
         self.indices = list(range(len(self.paths))) if indices is None else [int(i) for i in indices]
-        if mode not in ("embed", "levels", "raw"):
+        if mode not in ("embed", "levels", "raw", "planes"):
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = mode
 
@@ -189,9 +227,14 @@ class SiteDataset(Dataset):
         """The channel images of site ``site`` (table position) as read from disk."""
         return [io.read_image(p, f) for p, f in zip(self.paths[site], self.frames[site], strict=True)]
 
+    def site_scales(self, site: int) -> list[float]:
+        """``intensity_scale`` of each channel image of site ``site`` (1.0 when not rescaled)."""
+        return self.scales[site] if self.scales is not None else [1.0] * len(self.paths[site])
+
     def _fit(self, site: int, raw: list[np.ndarray]) -> torch.Tensor:
         prep = self.prep
         planes = []
+        scales = self.site_scales(site)
         for c, img in enumerate(raw):
             illum = prep.illum[c] if prep.illum is not None else None
             if illum is not None and illum.shape != img.shape:
@@ -200,7 +243,7 @@ class SiteDataset(Dataset):
                     f"{self.channels[c]} illumination function {illum.shape}; all images of a "
                     f"channel must have one size"
                 )
-            planes.append(pp.prepare_channel(img, prep, illum=illum))
+            planes.append(pp.prepare_channel(img, prep, illum=illum, scale=scales[c]))
         shapes = {tuple(p.shape) for p in planes}
         if len(shapes) > 1:
             sizes = ", ".join(f"{self.channels[c]} {raw[c].shape}" for c in range(len(raw)))
@@ -214,12 +257,60 @@ class SiteDataset(Dataset):
         site = self.indices[i]
         raw = self.read_raw(site)
         if self.mode == "raw":
-            return {"index": site, "image": [torch.from_numpy(pp.as_float(r)) for r in raw]}
+            scales = self.site_scales(site)
+            return {"index": site, "image": [torch.from_numpy(pp.as_float(r) * np.float32(sc) if sc != 1.0
+                                                              else pp.as_float(r))
+                                             for r, sc in zip(raw, scales, strict=True)]}
+        if self.mode == "planes":
+            return self._planes(site, raw)
         fitted = self._fit(site, raw)
         if self.mode == "levels":
             levels = [pp.channel_levels(fitted[c], self.prep.percentiles) for c in range(fitted.shape[0])]
             return {"index": site, "levels": torch.tensor(levels, dtype=torch.float64)}
         return {"index": site, "image": pp.scale_site(fitted, self.prep)}
+
+
+    def _planes(self, site: int, raw: list[np.ndarray]) -> dict:
+        want = np.dtype(self.transfer_dtype)
+        dtype_max = [io.image_dtype_max(r) for r in raw]
+        same = len({r.shape for r in raw}) == 1
+        planes = [r if r.dtype == want else pp.as_float(r) for r in raw]
+        if want != np.float32 and any(p.dtype != want for p in planes):
+            planes = [pp.as_float(r) for r in raw]  # a site that breaks the table's dtype
+        item = {"index": site, "dtype_max": torch.tensor(dtype_max, dtype=torch.float32),
+                "scale": torch.tensor(self.site_scales(site), dtype=torch.float32)}
+        if not same or (self.prep.illum is not None and any(
+                i.shape != r.shape for i, r in zip(self.prep.illum, raw, strict=True))):
+            item["image"] = pp.scale_site(self._fit(site, raw), self.prep)[None]  # sizes differ: finish here
+            return item
+        item["planes"] = torch.from_numpy(np.ascontiguousarray(np.stack(planes)))
+        return item
+
+
+class PlaneCollate:
+    """Batches ``mode="planes"`` items: ``planes`` stacked when every site has the same shape and
+    dtype, else each site finished here (:func:`cytoscreen.features.preprocess.fit_batch`, the
+    same operations) and the batch carries ``image`` ``(B, C, 1, P, P)`` instead."""
+
+    def __init__(self, prep: pp.Preprocessing) -> None:
+        self.prep = prep
+
+    def __call__(self, items: list[dict]) -> dict:
+        out = {"index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
+               "dtype_max": torch.stack([it["dtype_max"] for it in items]),
+               "scale": torch.stack([it["scale"] for it in items])}
+        kinds = {(tuple(it["planes"].shape), it["planes"].dtype) if "planes" in it else None for it in items}
+        if len(kinds) == 1 and None not in kinds:
+            out["planes"] = torch.stack([it["planes"] for it in items])
+            return out
+        out["image"] = torch.cat([it["image"] if "image" in it else self.finish(it) for it in items])
+        return out
+
+    def finish(self, item: dict) -> torch.Tensor:
+        """One site's planes -> ``(1, C, 1, P, P)``, as the device would."""
+        illum = None if self.prep.illum is None else torch.from_numpy(np.stack(self.prep.illum))
+        return pp.fit_batch(item["planes"][None], self.prep, dtype_max=item["dtype_max"][None],
+                            scale=item["scale"][None], illum=illum)
 
 
 def _spread(candidates: np.ndarray, max_sites: int) -> np.ndarray:
@@ -258,7 +349,8 @@ def fit_reference(
     where = f"plate {plate}" if plate else "plate"
     if illum_correction:
         chosen = _spread(passed if len(passed) else np.arange(len(table)), max_sites)
-        ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen, mode="raw")
+        ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen, mode="raw",
+                         scales=table.scales)
         acc = pp.IlluminationAccumulator(len(table.channels))
         for item in _stream(ds, num_workers):
             try:
@@ -280,7 +372,8 @@ def fit_reference(
                 f"features.scaling: image"
             )
         chosen = _spread(candidates, max_sites)
-        ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen, mode="levels")
+        ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen,
+                         mode="levels", scales=table.scales)
         per_site = np.stack([item["levels"].numpy() for item in _stream(ds, num_workers)])
         levels = pp.reference_levels(per_site)
         prep = replace(prep, levels=levels)

@@ -130,9 +130,17 @@ def fit_to_input(img: np.ndarray, *, input_px: int, spatial: str = "resize",
     return _resize(torch.stack(tiles), input_px) if tiles[0].shape == (size, size) else _resize(x[None], input_px)
 
 
-def prepare_channel(img: np.ndarray, prep: Preprocessing, *, illum: np.ndarray | None = None) -> torch.Tensor:
-    """Steps 1-3 for one channel image: float, illumination correction, resize or tile."""
+def prepare_channel(img: np.ndarray, prep: Preprocessing, *, illum: np.ndarray | None = None,
+                    scale: float = 1.0) -> torch.Tensor:
+    """Steps 1-3 for one channel image: float, illumination correction, resize or tile.
+
+    ``scale`` is the image's ``intensity_scale`` (``ingest.on_mixed_bit_depth: rescale``); it
+    multiplies the values unless ``scaling="dtype"``, where each image is already divided by its
+    own full scale (which the rescale would cancel).
+    """
     x = as_float(img, dtype_scale=prep.scaling == "dtype")
+    if scale != 1.0 and prep.scaling != "dtype":
+        x *= np.float32(scale)
     if illum is not None:
         x /= illum
     return fit_to_input(x, input_px=prep.input_px, spatial=prep.spatial, tile_px=prep.tile_size)
@@ -160,6 +168,71 @@ def scale_site(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
         levels = np.array([channel_levels(x[c], prep.percentiles) for c in range(x.shape[0])])
     for c, (lo, hi) in enumerate(levels):
         x[c].sub_(float(lo)).div_(max(float(hi - lo), _EPS))
+    return x.clamp_(0.0, 1.0)
+
+
+def fit_batch(raw: torch.Tensor, prep: Preprocessing, *, dtype_max: torch.Tensor | None = None,
+              scale: torch.Tensor | None = None, illum: torch.Tensor | None = None,
+              levels: torch.Tensor | None = None) -> torch.Tensor:
+    """Steps 1-4 for a batch of raw sites ``(B, C, H, W)`` at once, on the tensor's device.
+
+    The batched form of :func:`prepare_channel` + :func:`scale_site` for ``spatial="resize"``:
+    the same operations in the same order on the whole batch (one conversion, one resize call for
+    all ``B * C`` planes, one affine map), so it runs where the backbone runs (a GPU, or the main
+    process on CPU) instead of per channel in the DataLoader workers.  Returns ``(B, C, 1, P, P)``
+    float32 in [0, 1].
+
+    Parameters
+    ----------
+    raw
+        uint8, uint16 or float32 planes as read (float planes may hold NaN/inf).
+    dtype_max
+        ``(B, C)`` full scale of each plane's dtype (:func:`cytoscreen.io.image_dtype_max`), used
+        by ``scaling="dtype"``.
+    scale
+        ``(B, C)`` ``intensity_scale`` of each plane (ignored by ``scaling="dtype"``).
+    illum
+        ``(C, H, W)`` illumination functions, or None.
+    levels
+        ``(C, 2)`` negcon levels as a tensor (default: ``prep.levels``).
+    """
+    if prep.spatial != "resize":
+        raise ValueError("fit_batch handles spatial='resize' only; tiles are cut per site")
+    b, c, h, w = raw.shape
+    floating = raw.is_floating_point()
+    x = raw.to(torch.float32, copy=True)
+    if floating:
+        torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
+    if prep.scaling == "dtype":
+        if dtype_max is None:
+            raise ValueError("dtype scaling needs dtype_max")
+        x /= dtype_max.to(x.device, torch.float32).view(b, c, 1, 1)
+    elif scale is not None:
+        x *= scale.to(x.device, torch.float32).view(b, c, 1, 1)
+    if illum is not None:
+        x /= illum.to(x.device, torch.float32).view(1, c, h, w)
+    x = _resize(x.view(b * c, h, w), prep.input_px).view(b, c, 1, prep.input_px, prep.input_px)
+    if prep.scaling == "dtype":
+        return x.clamp_(0.0, 1.0)
+    if prep.scaling == "negcon":
+        if levels is None:
+            if prep.levels is None:
+                raise ValueError("negcon scaling needs levels; fit them with dataset.fit_reference")
+            levels = torch.as_tensor(np.asarray(prep.levels, dtype=np.float64))
+        lv = levels.to(x.device, torch.float64)
+        if lv.shape[0] != c:
+            raise ValueError(f"levels for {lv.shape[0]} channels, site has {c}")
+        lo, hi = lv[:, 0].view(1, c), lv[:, 1].view(1, c)
+        lo, hi = lo.expand(b, c), hi.expand(b, c)
+    else:  # image: each plane's own percentiles (np.percentile's linear interpolation)
+        q = torch.tensor([float(prep.percentiles[0]) / 100.0, float(prep.percentiles[1]) / 100.0],
+                         dtype=torch.float64, device=x.device)
+        per = torch.stack([torch.quantile(x[i].reshape(c, -1).to(torch.float64), q, dim=-1)
+                           for i in range(b)], dim=1)  # (2, B, C); per site: quantile's size limit
+        lo, hi = per[0], per[1]
+    span = (hi - lo).clamp_min(_EPS)
+    x -= lo.to(torch.float32).view(b, c, 1, 1, 1)
+    x /= span.to(torch.float32).view(b, c, 1, 1, 1)
     return x.clamp_(0.0, 1.0)
 
 
