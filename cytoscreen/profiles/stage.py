@@ -77,6 +77,9 @@ def read_profiles(path: str | Path):
         raise InputDataError(f"{p}: cannot read table ({err})") from err
     table = pd.DataFrame(block.T, columns=pd.Index(feats, dtype=object), copy=False)
     if meta is not None:
+        # pandas may restore a stored RangeIndex (a file written from a slice starts at its offset):
+        # take it over so the inserted metadata lines up by position, with or without copy-on-write
+        table.index = meta.index
         position = {name: i for i, name in enumerate(names)}
         for name in others:  # in file order, each at its final position: features stay one block
             table.insert(position[name], name, meta[name])

@@ -241,3 +241,28 @@ def test_read_profiles_matches_pandas(tmp_path):
     df["f1"] = "text"  # a non-float feature: the generic reader (and later a clear error)
     io.write_parquet(df, path)
     assert read_profiles(path)["f1"].iloc[0] == "text"
+
+
+@pytest.mark.parametrize("copy_on_write", [False, True])
+def test_read_profiles_keeps_metadata_of_a_sliced_table(tmp_path, copy_on_write):
+    """A file written from a slice stores a RangeIndex that starts at its offset; with pandas'
+    copy-on-write (pycytominer switches it on, pandas 3 has it by default) the metadata columns
+    must still line up with the features, as pandas.read_parquet gives them."""
+    import numpy as np
+    import pandas as pd
+
+    from cytoscreen.profiles.stage import read_profiles
+
+    df = pd.DataFrame({
+        "Metadata_Plate": ["P1"] * 72,
+        "Metadata_Well": [f"A{i:02d}" for i in range(72)],
+        "f1": np.arange(72, dtype="float32"),
+        "f2": np.arange(72, dtype="float32") * 2,
+    })
+    path = tmp_path / "slice.parquet"
+    df.iloc[36:].to_parquet(path)
+    with pd.option_context("mode.copy_on_write", copy_on_write):
+        got = read_profiles(path)
+    pd.testing.assert_frame_equal(got, pd.read_parquet(path))
+    assert got["Metadata_Well"].iloc[0] == "A36" and got["f1"].iloc[0] == 36.0
+    assert got["Metadata_Plate"].notna().all()
