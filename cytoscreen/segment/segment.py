@@ -154,7 +154,15 @@ def site_table(images: pd.DataFrame, channels: Sequence[str], *, source: str = "
                 f"the image table (channels: {', '.join(present)}); set `segment.nuclei_channel` / "
                 f"`segment.cell_channel` to one of those"
             )
-    return plate.sites_from_images(images, list(channels), source=source, key="the segment config")
+    sites = plate.sites_from_images(images, list(channels), source=source, key="the segment config")
+    if io.INTENSITY_SCALE in images.columns and not (images[io.INTENSITY_SCALE] == 1.0).all():
+        frame = images[io.FRAME] if io.FRAME in images.columns else pd.Series(-1, index=images.index)
+        lookup = dict(zip(zip(images[io.PATH].astype(str), frame.astype(int), strict=True),
+                          images[io.INTENSITY_SCALE].astype(float), strict=True))
+        for ch in channels:  # ingest.on_mixed_bit_depth: rescale; _read applies it
+            sites[f"scale_{ch}"] = [lookup.get((str(p), int(f)), 1.0)
+                                    for p, f in zip(sites[f"path_{ch}"], sites[f"frame_{ch}"], strict=True)]
+    return sites
 
 
 def qc_flagged(sites: pd.DataFrame, qc: pd.DataFrame | None, column: str | None = None) -> np.ndarray:
@@ -283,7 +291,10 @@ def _as_float(img: np.ndarray) -> np.ndarray:
 
 
 def _read(row: Mapping[str, Any], channel: str) -> np.ndarray:
-    return io.read_image(row[f"path_{channel}"], int(row[f"frame_{channel}"]))
+    """The channel's image, times its ``scale_<channel>`` (``intensity_scale``) when not 1."""
+    img = io.read_image(row[f"path_{channel}"], int(row[f"frame_{channel}"]))
+    scale = float(row.get(f"scale_{channel}", 1.0))
+    return img if scale == 1.0 else img.astype(np.float32) * np.float32(scale)
 
 
 def diameter_sample(sites: pd.DataFrame, *, qc: pd.DataFrame | None = None, n_sites: int = 8,
