@@ -305,7 +305,7 @@ def write_plate(
 
     Wells are written as ``<row letters>/<column number>`` (``B03`` -> ``B/3``); fields of a well
     are ``0``, ``1``, ... in site order; ``channels`` become the omero labels.  Used by tests and
-    to convert plates of other layouts (benchmarks/ome_zarr_convert.py); not atomic, so write into
+    to convert plates of other layouts (benchmarks/ome_zarr_jump.py); not atomic, so write into
     a new folder.
     """
     if version not in NGFF_VERSIONS:
