@@ -22,7 +22,8 @@ the same results from one plate at a time:
     - ``variance_threshold`` (frequency rule): on the reservoir sample, so exact when the screen
       has at most ``sample_rows`` statistic rows, approximate above.
 :func:`stream_consensus`
-    Treatments are hashed into buckets; each plate's rows are spilled to their bucket (Parquet), and
+    Treatments are hashed into buckets; each plate's feature rows are appended to their bucket's
+    raw float32 file (metadata stays in memory), and
     every bucket, holding all replicates of its treatments, goes through the product's
     :func:`~cytoscreen.profiles.consensus.consensus`: exact, memory bounded by one bucket.
 """
@@ -332,7 +333,7 @@ def stream_consensus(
     tables
         ``(name, table)`` per plate; each table has the ``by`` columns and the features.
     spill_dir
-        Folder for the bucket files (one Parquet file per plate and bucket, removed at the end).
+        Folder for the bucket files (raw float32 features per bucket, removed at the end).
     by
         Treatment columns (``resolve_treatment_columns`` of the first plate is a good choice).
     n_buckets
@@ -350,27 +351,39 @@ def stream_consensus(
     consensus_fn = consensus_fn or consensus
     spill = Path(spill_dir)
     spill.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for i, (name, df) in enumerate(tables):
+    for stale in spill.glob("bucket*.f32"):  # left by an interrupted run
+        stale.unlink()
+    # features: one raw float32 file per bucket (appended plate by plate); metadata in memory
+    meta: dict[int, list[pd.DataFrame]] = {}
+    files: dict[int, Path] = {}
+    features: list[str] | None = None
+    for name, df in tables:
         missing = [b for b in by if b not in df.columns]
         if missing:
             raise InputDataError(f"{name}: no treatment column(s) {', '.join(missing)}")
+        cols = io.feature_columns(df)
+        if features is None:
+            features = cols
+        elif cols != features:
+            raise InputDataError(f"{name}: its feature columns differ from the first table's")
         label = df[list(by)].astype(str).agg("\x1f".join, axis=1) if len(by) > 1 else df[by[0]]
         bucket = treatment_bucket(label, n_buckets)
+        x = np.ascontiguousarray(feature_matrix(df, cols), dtype=np.float32)
+        meta_cols = [c for c in df.columns if c not in set(cols)]
         for b in np.unique(bucket):
-            out = spill / f"bucket{b:04d}_plate{i:06d}.parquet"
-            df.loc[bucket == b].to_parquet(out, index=False)
-            written.append(out)
+            rows = bucket == b
+            path = files.setdefault(int(b), spill / f"bucket{int(b):04d}.f32")
+            with open(path, "ab") as fh:
+                x[rows].tofile(fh)
+            meta.setdefault(int(b), []).append(df.loc[rows, meta_cols].reset_index(drop=True))
     parts = []
-    for b in range(n_buckets):
-        files = sorted(spill.glob(f"bucket{b:04d}_plate*.parquet"))
-        if not files:
-            continue
-        rows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    for b in sorted(files):
+        values = np.fromfile(files[b], dtype=np.float32).reshape(-1, len(features))
+        rows = pd.concat(meta.pop(b), ignore_index=True)
+        rows = pd.concat([rows, pd.DataFrame(values, columns=features, copy=False)], axis=1)
         parts.append(consensus_fn(rows, by=list(by), source=f"bucket {b}", **consensus_options))
-        del rows
-    for f in written:
-        f.unlink(missing_ok=True)
+        files[b].unlink()
+        del rows, values
     if not parts:
         raise InputDataError("no rows to build a consensus from")
     out = pd.concat(parts, ignore_index=True)
