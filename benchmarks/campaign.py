@@ -200,7 +200,8 @@ def step_novelty(workdir: Path, *, max_controls: int = 20_000, epochs: int = 5) 
             "hits": scores.n_hits, "pvalue_method": scores.pvalue_method}
 
 
-def step_moa(workdir: Path, *, k: int = 15, neighbors: int = 5) -> dict:
+def step_moa(workdir: Path, *, k: int = 15, neighbors: int = 5,
+             exact_below: int | None = None) -> dict:
     import pandas as pd
 
     from cytoscreen import io
@@ -212,7 +213,7 @@ def step_moa(workdir: Path, *, k: int = 15, neighbors: int = 5) -> dict:
     x = cons[feats].to_numpy(dtype=np.float32)
     timings = {}
     t0 = time.perf_counter()
-    idx, sim, exact = cosine_knn(x, k)
+    idx, sim, exact = cosine_knn(x, k, **({} if exact_below is None else {"exact_below": exact_below}))
     timings["knn_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     labels = knn_clusters(idx)
@@ -250,12 +251,14 @@ def step_report(workdir: Path) -> dict:
 
 
 # --- driver --------------------------------------------------------------------------------------
-def _child(step: str, workdir: Path) -> None:
+def _child(step: str, workdir: Path, knn_exact_below: int | None = None) -> None:
+    import functools
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     fn = {"generate": None, "select": step_select, "consensus": step_consensus,
-          "novelty": step_novelty, "moa": step_moa, "report": step_report}[step]
+          "novelty": step_novelty, "report": step_report,
+          "moa": functools.partial(step_moa, exact_below=knn_exact_below)}[step]
     info = fn(workdir) if fn else {}
     print(json.dumps(info))
 
@@ -286,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     parser.add_argument("--skip-generate", action="store_true",
                         help="reuse the plates already in --workdir")
+    parser.add_argument("--knn-exact-below", type=int, default=None,
+                        help="treatments up to which the MoA kNN is exact (default: "
+                        "cytoscreen.moa.knn.EXACT_BELOW, 20,000); 0 forces NN-descent")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -293,11 +299,13 @@ def main(argv: list[str] | None = None) -> int:
             generate(args.workdir, args.plates)
             print("{}")
         else:
-            _child(args.child, args.workdir)
+            _child(args.child, args.workdir, args.knn_exact_below)
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(args.workdir),
           "--plates", str(args.plates)]
+    if args.knn_exact_below is not None:
+        me += ["--knn-exact-below", str(args.knn_exact_below)]
     record: dict = {"benchmark": "campaign", "plates": args.plates, "wells": args.plates * WELLS,
                     "features": FEATURES, "screen_gb_float32": round(args.plates * WELLS * FEATURES
                                                                       * 4 / 1e9, 2)}
