@@ -200,7 +200,7 @@ class SiteDataset(Dataset):
 
     ``mode="planes"`` leaves steps 2-4 of the preprocessing to the device (``spatial: resize``
     only): items are ``{"index", "planes": (C, H, W) tensor of the images as read (uint8/uint16
-    when every image of the table has that dtype, ``transfer_dtype``; else float32),
+    when every channel has that dtype, or ``transfer_dtype`` when given; else float32),
     "dtype_max": (C,), "scale": (C,)}``, batched by :class:`PlaneCollate` and finished by
     :func:`cytoscreen.features.preprocess.fit_batch` (2-8x less data than float32 planes).
     """
@@ -212,7 +212,7 @@ class SiteDataset(Dataset):
         self.paths = [[str(p) for p in row] for row in paths]
         self.frames = [[int(f) for f in row] for row in frames]
         self.scales = None if scales is None else [[float(v) for v in row] for row in scales]
-        self.transfer_dtype = transfer_dtype if transfer_dtype in ("uint8", "uint16") else "float32"
+        self.transfer_dtype = transfer_dtype if transfer_dtype in ("uint8", "uint16", "float32") else None
         self.prep = prep
         self.channels = tuple(channels) or tuple(f"channel{c}" for c in range(len(self.paths[0]) if self.paths else 0))
         self.indices = list(range(len(self.paths))) if indices is None else [int(i) for i in indices]
@@ -271,7 +271,11 @@ class SiteDataset(Dataset):
 
 
     def _planes(self, site: int, raw: list[np.ndarray]) -> dict:
-        want = np.dtype(self.transfer_dtype)
+        if self.transfer_dtype is not None:
+            want = np.dtype(self.transfer_dtype)
+        else:  # as read when every channel is uint8 or every one uint16
+            kinds = {r.dtype for r in raw}
+            want = kinds.pop() if len(kinds) == 1 and raw[0].dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
         dtype_max = [io.image_dtype_max(r) for r in raw]
         same = len({r.shape for r in raw}) == 1
         planes = [r if r.dtype == want else pp.as_float(r) for r in raw]

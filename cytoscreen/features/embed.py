@@ -130,6 +130,7 @@ class SiteEmbedder(pl.LightningModule):
         levels = None if prep is None or prep.levels is None else torch.as_tensor(
             np.asarray(prep.levels, dtype=np.float64))
         self.register_buffer("levels", levels, persistent=False)
+        self._buffer: torch.Tensor | None = None  # full-size float32 planes, reused per batch
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
 
@@ -140,9 +141,12 @@ class SiteEmbedder(pl.LightningModule):
         if self.prep is None:
             raise ValueError("a batch of raw planes needs SiteEmbedder(prep=...)")
         planes = batch["planes"]
+        buf = self._buffer
+        if buf is None or buf.shape != planes.shape or buf.device != planes.device:
+            buf = self._buffer = torch.empty(planes.shape, dtype=torch.float32, device=planes.device)
         with torch.autocast(planes.device.type, enabled=False):
             return pp.fit_batch(planes, self.prep, dtype_max=batch["dtype_max"], scale=batch["scale"],
-                                illum=self.illum, levels=self.levels)
+                                illum=self.illum, levels=self.levels, out=buf)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = images.shape

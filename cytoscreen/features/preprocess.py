@@ -173,7 +173,7 @@ def scale_site(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 def fit_batch(raw: torch.Tensor, prep: Preprocessing, *, dtype_max: torch.Tensor | None = None,
               scale: torch.Tensor | None = None, illum: torch.Tensor | None = None,
-              levels: torch.Tensor | None = None) -> torch.Tensor:
+              levels: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Steps 1-4 for a batch of raw sites ``(B, C, H, W)`` at once, on the tensor's device.
 
     The batched form of :func:`prepare_channel` + :func:`scale_site` for ``spatial="resize"``:
@@ -195,25 +195,30 @@ def fit_batch(raw: torch.Tensor, prep: Preprocessing, *, dtype_max: torch.Tensor
         ``(C, H, W)`` illumination functions, or None.
     levels
         ``(C, 2)`` negcon levels as a tensor (default: ``prep.levels``).
+    out
+        A float32 buffer of ``raw``'s shape to convert into (reused between batches); its
+        content is overwritten.
     """
     if prep.spatial != "resize":
         raise ValueError("fit_batch handles spatial='resize' only; tiles are cut per site")
     b, c, h, w = raw.shape
     floating = raw.is_floating_point()
-    x = raw.to(torch.float32, copy=True)
+    if out is None or out.shape != raw.shape or out.device != raw.device:
+        out = torch.empty(raw.shape, dtype=torch.float32, device=raw.device)
+    x = out.copy_(raw)  # into a reused buffer: no fresh full-size allocation per batch
     if floating:
         torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
-    if prep.scaling == "dtype":
-        if dtype_max is None:
-            raise ValueError("dtype scaling needs dtype_max")
-        x /= dtype_max.to(x.device, torch.float32).view(b, c, 1, 1)
-    elif scale is not None:
-        x *= scale.to(x.device, torch.float32).view(b, c, 1, 1)
     if illum is not None:
         x /= illum.to(x.device, torch.float32).view(1, c, h, w)
     x = _resize(x.view(b * c, h, w), prep.input_px).view(b, c, 1, prep.input_px, prep.input_px)
+    # per-plane factors commute with the (linear) resize: applied on the small planes
     if prep.scaling == "dtype":
+        if dtype_max is None:
+            raise ValueError("dtype scaling needs dtype_max")
+        x /= dtype_max.to(x.device, torch.float32).view(b, c, 1, 1, 1)
         return x.clamp_(0.0, 1.0)
+    if scale is not None:
+        x *= scale.to(x.device, torch.float32).view(b, c, 1, 1, 1)
     if prep.scaling == "negcon":
         if levels is None:
             if prep.levels is None:
