@@ -81,7 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from cytoscreen.profiles.consensus import CONSENSUS_METHODS, MODZ_CORRELATIONS
     from cytoscreen.profiles.normalize import NORMALIZE_METHODS, NORMALIZE_SCALES, SPHERIZE_METHODS
     from cytoscreen.profiles.select import CORRELATION_METHODS, SELECT_OPERATIONS
-    from cytoscreen.profiles.sphering import REGULARIZATIONS
+    from cytoscreen.profiles.sphering import CENTERS, REGULARIZATIONS
 
     d = section_schema("profiles")
     parser = add_command(subparsers, "profiles", __doc__)
@@ -116,6 +116,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         _option(p, "--spherize-regularization", "spherize_regularization", d,
                 "spherize regularization (singular: pycytominer; shrinkage: relative ridge)",
                 choices=REGULARIZATIONS)
+        _option(p, "--spherize-center", "spherize_center", d, "apply the whitening about the "
+                "reference mean (pycytominer) or about the normalization's centre", choices=CENTERS)
         _option(p, "--spherize-reference", "spherize_reference", d, "rows spherize is fitted on "
                 "(negcon, all or a query; 'none' = --reference)", null="none")
         _option(p, "--pca-components", "pca_components", d, "PCA after selection (and spherize): "
@@ -218,6 +220,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _option(p, "--spherize-epsilon", "spherize_epsilon", d, "spherize regularizer", type=float)
     _option(p, "--spherize-regularization", "spherize_regularization", d,
             "singular (pycytominer) or shrinkage (relative ridge)", choices=REGULARIZATIONS)
+    _option(p, "--spherize-center", "spherize_center", d, "apply the whitening about the "
+            "reference mean (pycytominer) or about the normalization's centre", choices=CENTERS)
     reference_options(p)
     action("asinh", "arcsinh of every feature (no fit); writes <name>.asinh.json beside OUTPUT")
     p = action("pca", "principal components of every row, fitted on --pca-reference rows; "

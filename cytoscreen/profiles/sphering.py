@@ -27,13 +27,25 @@ Two regularisations (``regularization``):
     relative to the mean variance: ``W = sum_i ((lambda_i + delta)^(-1/2) - delta^(-1/2)) v_i v_i^T
     + delta^(-1/2) I``.  Directions unseen in the reference keep the largest gain, so with few
     controls the control variation is projected out rather than amplified.  ZCA methods only.
+
+Two centres (``center``):
+
+``reference`` (default, pycytominer's)
+    ``W ((x - mu_ref) / scale)``: the rows are centred on the reference mean first, so the
+    controls end at the origin.
+``normalization``
+    ``W (x / scale)``: ``W`` is fitted on the centred reference as above but applied about the
+    normalization's centre (the origin of the normalized table, e.g. each plate's median of all
+    wells), not re-centred on the reference mean.  The controls keep their offset from that
+    centre, so they stay a class of their own instead of becoming isotropic noise about the
+    origin (issue 16: LINCS DMSO 1-NN 0.0 with ``reference``, 0.9 with ``normalization``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 #: How the whitening is regularised (module docstring).
 REGULARIZATIONS = ("singular", "shrinkage")
+#: About which point the whitening is applied (module docstring).
+CENTERS = ("reference", "normalization")
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,10 @@ class SpheringFit:
     singular_values: np.ndarray = field(repr=False)
     axes: np.ndarray = field(repr=False)  # (r, d): right singular vectors of the reference
     regularization: str = "singular"
+    #: ``reference`` or ``normalization`` (module docstring)
+    center: str = "reference"
+    #: the mean of the reference rows (the applied centre is ``fit.center``: it, or 0)
+    reference_mean: np.ndarray | None = field(default=None, repr=False)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return self.fit.transform(x)
@@ -152,6 +170,7 @@ class SpheringFit:
             "null_weight": self.null_weight if r < d else None,
             "output_columns": len(self.fit.columns),
             "regularization": self.regularization,
+            "center": self.center,
             **(
                 {"shrinkage_delta": self.fit.delta, "eigenvalues": self.fit.eigenvalues.tolist()}
                 if isinstance(self.fit, ShrinkageWhitening) else {}
@@ -163,6 +182,8 @@ class SpheringFit:
         out = pd.DataFrame(
             {"feature": list(self.features), "center": self.fit.center, "scale": self.fit.scale}
         )
+        if self.reference_mean is not None:
+            out["reference_mean"] = self.reference_mean
         axes = pd.DataFrame(
             self.axes.T, columns=[f"axis_{i}" for i in range(1, len(self.axes) + 1)]
         )
@@ -191,6 +212,7 @@ def sphere(
     reference_value: str | Sequence[str] | None = None,
     epsilon: float = 1e-6,
     regularization: str = "singular",
+    center: str = "reference",
     source: str = "profiles",
 ) -> tuple[pd.DataFrame, SpheringFit]:
     """Whiten every row with a transform fitted on the reference rows of the whole table.
@@ -207,6 +229,9 @@ def sphere(
         recipe chooses it by replicate mAP).
     regularization
         ``singular`` (pycytominer) or ``shrinkage`` (module docstring).
+    center
+        ``reference`` (pycytominer: subtract the reference mean before ``W``) or ``normalization``
+        (apply ``W`` about the table's origin, the normalization's centre; module docstring).
 
     Returns
     -------
@@ -225,6 +250,10 @@ def sphere(
             f"unknown sphering regularization {regularization!r}; choose one of "
             f"{', '.join(REGULARIZATIONS)}"
         )
+    if center not in CENTERS:
+        raise ConfigError(
+            f"unknown sphering centre {center!r}; choose one of {', '.join(CENTERS)}"
+        )
     if regularization == "shrinkage":
         fit = fit_shrinkage(ref, cols, method=method, epsilon=epsilon, source=source)
         sv = np.sqrt(fit.eigenvalues * (len(ref) - 1))
@@ -232,13 +261,19 @@ def sphere(
     else:
         fit = fit_spherize(ref, cols, method=method, epsilon=epsilon, source=source)
         sv, axes = _axes((ref - fit.center) / fit.scale, fit, epsilon)
+    reference_mean = None
+    if center == "normalization":  # same W, applied about the origin instead of the reference mean
+        reference_mean = np.asarray(fit.center, dtype=np.float64)
+        fit = replace(fit, center=np.zeros_like(reference_mean))
     result = SpheringFit(
         fit=fit, features=tuple(cols), epsilon=float(epsilon), n_reference=int(mask.sum()),
         reference_rule=rule, singular_values=sv, axes=axes, regularization=regularization,
+        center=center, reference_mean=reference_mean,
     )
     logger.info(
-        "%s: %s sphering (%s) fitted on %d reference rows (%s), %d features, rank %d, epsilon %g",
-        source, method, regularization, result.n_reference, rule, len(cols), fit.rank, epsilon,
+        "%s: %s sphering (%s, about the %s centre) fitted on %d reference rows (%s), %d features, "
+        "rank %d, epsilon %g", source, method, regularization, center, result.n_reference, rule,
+        len(cols), fit.rank, epsilon,
     )
     feat_set = set(cols)
     meta = [c for c in profiles.columns if c not in feat_set]

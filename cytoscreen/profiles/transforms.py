@@ -9,7 +9,8 @@ Each is off unless its ``profiles:`` key turns it on, so a chain is chosen in co
 ``spherize`` (a method, or null)
     :func:`cytoscreen.profiles.sphering.sphere`: whitening fitted on the reference rows (negcon)
     of the whole screen, regularised by ``spherize_epsilon`` the ``spherize_regularization`` way
-    (``singular``, pycytominer's, or ``shrinkage``) (TVN, JUMP's sphering).
+    (``singular``, pycytominer's, or ``shrinkage``) (TVN, JUMP's sphering), applied about the
+    reference mean or, with ``spherize_center: normalization``, about the normalization's centre.
 ``pca_components`` (a count, a variance fraction below 1, or null)
     :func:`cytoscreen.profiles.pca.pca`, fitted on ``pca_reference`` rows (``all`` or ``negcon``).
 ``harmony`` (boolean)
@@ -52,6 +53,8 @@ class TransformSettings:
     spherize: str | None = None
     spherize_epsilon: float = 1e-6
     spherize_regularization: str = "singular"
+    #: ``reference`` (subtract the reference mean first) or ``normalization`` (apply W as is)
+    spherize_center: str = "reference"
     #: rows sphering is fitted on; None uses ``reference`` (with its column/value)
     spherize_reference: str | None = None
     #: the method of ``cytoscreen profiles spherize`` (the chain uses ``spherize``)
@@ -145,7 +148,8 @@ def transform_profiles(
                 method=settings.spherize if steps is None else settings.spherize_method,
                 reference=settings.reference if own is None else own,
                 epsilon=settings.spherize_epsilon,
-                regularization=settings.spherize_regularization, source=source,
+                regularization=settings.spherize_regularization,
+                center=settings.spherize_center, source=source,
                 **(ref if own is None else {}),
             )
         elif name == "pca":

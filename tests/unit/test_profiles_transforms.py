@@ -311,6 +311,42 @@ def test_shrinkage_sphering_is_the_ridge_inverse_square_root(n_controls):
         assert rec["null_weight"] == pytest.approx(delta**-0.5)
 
 
+@pytest.mark.parametrize(("regularization", "method"), [("shrinkage", "ZCA"), ("singular", "ZCA-cor")])
+def test_spherize_center_normalization_applies_w_about_the_origin(regularization, method):
+    df = _wells()
+    feats = io.feature_columns(df)
+    x = df[feats].to_numpy()
+    neg = (df[io.PERT_TYPE] == "negcon").to_numpy()
+    kw = {"method": method, "epsilon": 0.1, "regularization": regularization}
+    about_ref, fit_ref = sphere(df, **kw)
+    about_origin, fit = sphere(df, center="normalization", **kw)
+    mu = x[neg].mean(axis=0)
+    # the same W: W((x - mu)/s) with the reference centre, W(x/s) about the origin, so the two
+    # differ by the constant row W(mu/s) (the whitened reference mean)
+    shift = fit_ref.fit.transform(np.zeros((1, len(feats)))) * -1  # W(mu/s)
+    np.testing.assert_allclose(fit.fit.transform(mu[None, :]), shift, rtol=1e-9, atol=1e-12)
+    got = about_origin[feats].to_numpy(np.float64)
+    np.testing.assert_allclose(got, about_ref[feats].to_numpy(np.float64) + shift, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, fit.fit.transform(x), rtol=1e-5, atol=1e-5)
+    if regularization == "shrinkage":  # W = (C + delta I)^(-1/2), applied to x itself
+        c = np.cov(x[neg].T)
+        vals, vecs = np.linalg.eigh(c + 0.1 * np.trace(c) / len(feats) * np.eye(len(feats)))
+        np.testing.assert_allclose(got, x @ (vecs @ np.diag(vals**-0.5) @ vecs.T), rtol=1e-4, atol=1e-4)
+    # the controls keep their offset: their mean is W(mu/s), not 0
+    np.testing.assert_allclose(got[neg].mean(axis=0), shift[0], rtol=1e-4, atol=1e-4)
+    assert np.abs(shift).max() > 0.1
+    assert fit.record()["center"] == "normalization" and fit_ref.record()["center"] == "reference"
+    table = fit.table()
+    np.testing.assert_allclose(table["reference_mean"], mu, rtol=1e-12)
+    assert (table["center"] == 0).all() and "reference_mean" not in fit_ref.table()
+    res = transform_profiles(df, TransformSettings(spherize=method, spherize_epsilon=0.1,
+                                                   spherize_regularization=regularization,
+                                                   spherize_center="normalization"))
+    np.testing.assert_array_equal(res.profiles[feats].to_numpy(), about_origin[feats].to_numpy())
+    with pytest.raises(ConfigError, match="unknown sphering centre"):
+        sphere(df, center="median")
+
+
 def test_shrinkage_approaches_whitening_and_rejects_pca():
     df = _wells()
     neg = (df[io.PERT_TYPE] == "negcon").to_numpy()
