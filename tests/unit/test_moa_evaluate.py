@@ -47,7 +47,7 @@ def test_evaluate_profiles_on_separable_screen(wells):
     assert s["map_replicate_details"]["fraction_significant"] == 1.0
     rec = s["map_moa_details"]["per_group"][0]
     assert {"moa", "mean_average_precision", "p_value", "q_value"} <= set(rec)
-    json.dumps(io._json_safe(s))  # JSON-ready
+    json.dumps(io.json_safe(s))  # JSON-ready
 
 
 def test_evaluate_noise_screen_scores_near_chance():
