@@ -166,26 +166,75 @@ def run_score(args: argparse.Namespace) -> int:
             "%s: trained with reference %r, config says %r; using the checkpoint's",
             args.checkpoint, crossfit.reference, settings.reference,
         )
+    options = {
+        "hit_q": settings.hit_q,
+        "site_aggregate": settings.site_aggregate,
+        "exclude_pert_types": settings.exclude_pert_types,
+        "pvalue": settings.pvalue,
+        "conformal_min_controls": settings.conformal_min_controls,
+        "batch_size": max(settings.batch_size, 1024),
+        "source": str(args.profiles),
+    }
+    if _stream(args.profiles, settings.streaming):
+        return _score_streamed(args, crossfit, options, config)
     profiles = io.read_table(args.profiles)
     logger.info("read %s (%d rows x %d columns)", args.profiles, len(profiles), profiles.shape[1])
-    result = score_profiles(
-        profiles,
-        crossfit,
-        hit_q=settings.hit_q,
-        site_aggregate=settings.site_aggregate,
-        exclude_pert_types=settings.exclude_pert_types,
-        pvalue=settings.pvalue,
-        conformal_min_controls=settings.conformal_min_controls,
-        batch_size=max(settings.batch_size, 1024),
-        source=str(args.profiles),
-    )
-    prov = io.provenance(
+    result = score_profiles(profiles, crossfit, **options)
+    _write_scores(args, result, config, settings.hit_q, residuals=True)
+    return 0
+
+
+def _stream(path, mode: str) -> bool:
+    """Whether ``novelty.streaming`` (``mode``) streams the scoring of ``path`` plate by plate."""
+    from cytoscreen.errors import ConfigError
+    from cytoscreen.novelty.stream import STREAM_ABOVE_ROWS, parquet_rows, plates_contiguous
+
+    if mode == "never":
+        return False
+    rows = parquet_rows(path)
+    if rows is None:
+        if mode == "always":
+            raise ConfigError(f"{path}: novelty.streaming always needs a Parquet profile table")
+        return False
+    if mode == "auto" and rows <= STREAM_ABOVE_ROWS:
+        return False
+    if mode == "auto" and not plates_contiguous(path):
+        logger.info("%s: %d rows, but the plates' rows are not together: scoring in memory", path, rows)
+        return False
+    logger.info("%s: %d rows: scoring streamed plate by plate (novelty.streaming %s)", path, rows, mode)
+    return True
+
+
+def _score_streamed(args, crossfit, options, config) -> int:
+    from cytoscreen.novelty.stream import ParquetStream, plate_tables, score_plates
+
+    prov = _provenance(args, config)
+    if args.residuals:
+        with ParquetStream(args.residuals, provenance=prov) as out:
+            result = score_plates(plate_tables(args.profiles), crossfit, residuals=out.write, **options)
+        logger.info("wrote %s (%d rows, streamed)", args.residuals, out.rows)
+    else:
+        result = score_plates(plate_tables(args.profiles), crossfit, **options)
+    _write_scores(args, result, config, options["hit_q"], residuals=False)
+    return 0
+
+
+def _provenance(args, config, **extra):
+    return io.provenance(
         "novelty",
         config_hash=io.config_hash(config),
         input=str(args.profiles),
         checkpoint=str(args.checkpoint),
         checkpoint_sha256=io.sha256_file(args.checkpoint),
-        hit_q=settings.hit_q,
+        **extra,
+    )
+
+
+def _write_scores(args, result, config, hit_q: float, *, residuals: bool) -> None:
+    """Write novelty.parquet (and, unless streamed already, the residuals) with provenance."""
+    prov = _provenance(
+        args, config,
+        hit_q=hit_q,
         pvalue_method=result.pvalue_method,
         n_controls=result.n_controls,
         n_tested=result.n_tested,
@@ -197,7 +246,6 @@ def run_score(args: argparse.Namespace) -> int:
     )
     io.write_parquet(result.novelty, args.out, provenance=prov)
     logger.info("wrote %s (%d wells, %d hits)", args.out, len(result.novelty), result.n_hits)
-    if args.residuals:
+    if args.residuals and residuals:
         io.write_parquet(result.residuals, args.residuals, provenance=prov)
         logger.info("wrote %s (%d rows)", args.residuals, len(result.residuals))
-    return 0

@@ -269,6 +269,43 @@ def score_profiles(
     """
     if site_aggregate not in SITE_AGGREGATES:
         raise ValueError(f"site_aggregate must be one of {SITE_AGGREGATES}, not {site_aggregate!r}")
+    chunk = score_chunk(profiles, crossfit, site_aggregate=site_aggregate, batch_size=batch_size,
+                        source=source)
+    return finish_scores(
+        chunk.wells, chunk.well_scores, chunk.poscon_z, crossfit, residuals=chunk.residuals,
+        n_rows=len(profiles), hit_q=hit_q, exclude_pert_types=exclude_pert_types, pvalue=pvalue,
+        conformal_min_controls=conformal_min_controls, source=source,
+    )
+
+
+@dataclass(frozen=True)
+class ChunkScores:
+    """The row-level part of :func:`score_profiles` for a table of whole plates."""
+
+    wells: pd.DataFrame
+    """One row per well: its metadata (no novelty columns yet)."""
+    well_scores: np.ndarray
+    """``(wells, K)``: each well's score under each cross-fitted model."""
+    poscon_z: np.ndarray
+    """The poscon-direction readout per well (computed plate by plate)."""
+    residuals: pd.DataFrame
+
+
+def score_chunk(
+    profiles: pd.DataFrame,
+    crossfit,
+    *,
+    site_aggregate: str = "median",
+    batch_size: int = 4096,
+    source: str = "profiles",
+) -> ChunkScores:
+    """Reconstruction scores, well table, poscon readout and residuals of a table of whole plates.
+
+    Everything here is per row or per plate, so a screen scored one plate at a time
+    (:func:`cytoscreen.novelty.stream.score_plates`) gives the same values as the whole table;
+    the screen-wide parts (p-values over all controls, BH q-values, robust z) are
+    :func:`finish_scores`, which needs only these small per-well arrays.
+    """
     features = check_features(crossfit.features, profiles, source=source)
     check_profiles(profiles, features=features, source=source)
     folds, reference = crossfit.folds, crossfit.reference
@@ -297,6 +334,30 @@ def score_profiles(
     )[list(profiles.columns)]
 
     wells, well_scores = _well_table(profiles, meta_cols, row_scores, site_aggregate)
+    plates = wells[PLATE].astype(str).to_numpy()
+    is_neg = reference_rows(wells, reference)
+    is_pos = pert_type_mask(wells, "poscon")
+    poscon_z = poscon_direction_z(_well_features(profiles, features), plates, is_neg, is_pos)
+    return ChunkScores(wells=wells, well_scores=well_scores, poscon_z=poscon_z, residuals=residuals)
+
+
+def finish_scores(
+    wells: pd.DataFrame,
+    well_scores: np.ndarray,
+    poscon_z: np.ndarray,
+    crossfit,
+    *,
+    residuals: pd.DataFrame,
+    n_rows: int,
+    hit_q: float = 0.05,
+    exclude_pert_types: Sequence[str] = ("empty",),
+    pvalue: str = "auto",
+    conformal_min_controls: int = 200,
+    source: str = "profiles",
+) -> NoveltyScores:
+    """The screen-wide part of :func:`score_profiles`: p-values, q-values, hits, robust z and Z'
+    from the per-well scores of every plate (``wells`` gets the novelty columns)."""
+    folds, reference = crossfit.folds, crossfit.reference
     wfold = folds.fold_of(well_keys(wells))
     is_ctrl = wfold >= 0
     log_fold = np.log(np.maximum(well_scores, _SCORE_FLOOR))
@@ -343,14 +404,14 @@ def score_profiles(
     zprime = plate_zprime(wells[NOVELTY_ROBUST_Z].to_numpy(), plates, is_ctrl, is_pos)
     wells[NOVELTY_PLATE_ZPRIME] = wells[PLATE].astype(str).map(zprime).astype(np.float64)
     is_neg = reference_rows(wells, reference)
-    wells[NOVELTY_POSCON_Z] = poscon_direction_z(_well_features(profiles, features), plates, is_neg, is_pos)
+    wells[NOVELTY_POSCON_Z] = np.asarray(poscon_z, dtype=np.float64)
     poscon_zprime = plate_zprime(wells[NOVELTY_POSCON_Z].to_numpy(), plates, is_neg, is_pos)
     wells[NOVELTY_POSCON_ZPRIME] = wells[PLATE].astype(str).map(poscon_zprime).astype(np.float64)
     logger.info(
         "%s: scored %d rows in %d wells with %d cross-fitted model(s); null from %d out-of-sample "
         "control wells (%s p-values); tested %d wells (%d excluded by pert_type); %d hit(s) at "
         "q <= %g; Z' per plate: %s",
-        source, len(profiles), len(wells), len(crossfit.models), n_ctrl, method, int(tested.sum()),
+        source, n_rows, len(wells), len(crossfit.models), n_ctrl, method, int(tested.sum()),
         int((~is_ctrl & excluded).sum()), int(hits.sum()), hit_q,
         ", ".join(f"{p} {z:.2f}" for p, z in zprime.items()) or "n/a",
     )

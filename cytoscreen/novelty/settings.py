@@ -40,6 +40,7 @@ class NoveltySettings:
     hit_q: float = 0.05
     pvalue: str = "auto"
     conformal_min_controls: int = 200
+    streaming: str = "auto"
     site_aggregate: str = "median"
     exclude_pert_types: tuple[str, ...] = ("empty",)
     threads: int = 0
@@ -65,6 +66,8 @@ class NoveltySettings:
             )
         if settings.pvalue not in PVALUE_METHODS:
             raise ConfigError(f"novelty.pvalue: {settings.pvalue!r} is not one of {', '.join(PVALUE_METHODS)}")
+        if settings.streaming not in ("auto", "always", "never"):
+            raise ConfigError(f"novelty.streaming: {settings.streaming!r} is not one of auto, always, never")
         if int(settings.folds) < 2:
             raise ConfigError(f"novelty.folds must be at least 2, not {settings.folds}")
         if not 0 <= float(settings.val_fraction) < 1:
