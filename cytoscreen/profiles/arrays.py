@@ -131,6 +131,18 @@ def with_features(
     return pd.concat([meta, feats], axis=1)
 
 
+def replace_features(
+    df: pd.DataFrame, cols: Sequence[str], x: np.ndarray, out_cols: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """``df`` with its features ``cols`` replaced by ``x`` (named ``out_cols``, default ``cols``).
+
+    Every other column is kept, in table order, before the new float32 features.
+    """
+    feat_set = set(cols)
+    meta = [c for c in df.columns if c not in feat_set]
+    return with_features(df, meta, x, cols if out_cols is None else out_cols)
+
+
 def nanmedian0(x: np.ndarray) -> np.ndarray:
     """Column medians skipping NaN (plain median when there is none)."""
     if not np.isnan(x).any():

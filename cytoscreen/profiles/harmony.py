@@ -25,7 +25,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, replace_features
 from cytoscreen.profiles.columns import resolve_by, resolve_features
 
 logger = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ def harmony(
         "%s: harmony over %d batches of %s (%d rows, %d features, %d clusters, theta %g)",
         source, len(sizes), "/".join(by), len(x), len(cols), k, theta,
     )
-    feat_set = set(cols)
-    meta_cols = [c for c in profiles.columns if c not in feat_set]
-    return with_features(profiles, meta_cols, corrected, cols), fit
+    return replace_features(profiles, cols, corrected), fit
 
 
 def _centroids(run: Any, d: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles.arrays import check_finite, feature_matrix, nanmedian0, with_features
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, nanmedian0, replace_features
 from cytoscreen.profiles.columns import check_unique, resolve_by, resolve_features, shown
 from cytoscreen.profiles.groups import first_rows, group_codes, group_label
 from cytoscreen.profiles.reference import reference_mask
@@ -307,9 +307,7 @@ def normalize(
         source, len(profiles), len(cols), n_groups, "/".join(by) or "(whole table)", method,
         rule, int(mask.sum()),
     )
-    feat_set = set(cols)
-    meta = [col for col in profiles.columns if col not in feat_set]
-    return with_features(profiles, meta, result, out_cols)
+    return replace_features(profiles, cols, result, out_cols)
 
 
 def spherize(

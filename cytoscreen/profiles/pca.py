@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, replace_features
 from cytoscreen.profiles.columns import resolve_features
 from cytoscreen.profiles.reference import reference_mask
 
@@ -170,6 +170,4 @@ def pca(
         source, fit.n_reference, rule, len(cols), len(fit.components),
         100 * fit.explained_variance_ratio.sum(),
     )
-    feat_set = set(cols)
-    meta = [c for c in profiles.columns if c not in feat_set]
-    return with_features(profiles, meta, fit.transform(x), fit.columns), fit
+    return replace_features(profiles, cols, fit.transform(x), fit.columns), fit

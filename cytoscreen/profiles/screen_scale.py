@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cytoscreen.errors import ConfigError
-from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, replace_features
 from cytoscreen.profiles.columns import resolve_features
 from cytoscreen.profiles.normalize import fit_scale
 from cytoscreen.profiles.reference import reference_mask
@@ -87,8 +87,6 @@ def screen_scale(
                       rule, float(epsilon))
     logger.info("%s: %s scale over the screen from %d reference rows (%s)", source, method,
                 fit.n_reference, rule)
-    feat_set = set(cols)
-    meta = [c for c in profiles.columns if c not in feat_set]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         values = x / fit.scale
-    return with_features(profiles, meta, values, cols), fit
+    return replace_features(profiles, cols, values), fit

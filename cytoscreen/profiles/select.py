@@ -36,7 +36,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, replace_features
 from cytoscreen.profiles.columns import check_unique, resolve_features, shown
 from cytoscreen.profiles.reference import reference_mask
 
@@ -379,9 +379,7 @@ def feature_select(
     kept = [cols[j] for j in current]
     if not kept:
         logger.warning("%s: feature selection dropped every feature", source)
-    feat_set = set(cols)
-    meta = [col for col in profiles.columns if col not in feat_set]
-    out = with_features(profiles, meta, _columns(x_all, current), kept)
+    out = replace_features(profiles, cols, _columns(x_all, current), kept)
     logger.info(
         "%s: kept %d of %d features (statistics on %s, %d rows)",
         source, len(kept), len(cols), rule, int(mask.sum()),
@@ -414,7 +412,6 @@ def apply_selection(
             f"{source}: {len(missing)} selected feature(s) are not in the table ({shown(missing)});"
             f" the selection was made on a table with other features"
         )
-    meta = [col for col in profiles.columns if col not in feat_set]
     x = feature_matrix(profiles, list(kept))
     logger.info("%s: kept %d of %d features from a saved selection", source, len(kept), len(cols))
-    return with_features(profiles, meta, x, list(kept))
+    return replace_features(profiles, cols, x, list(kept))

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, replace_features
 from cytoscreen.profiles.columns import resolve_features
 from cytoscreen.profiles.normalize import SpherizeFit, fit_spherize
 from cytoscreen.profiles.reference import reference_mask
@@ -275,6 +275,4 @@ def sphere(
         "rank %d, epsilon %g", source, method, regularization, center, result.n_reference, rule,
         len(cols), fit.rank, epsilon,
     )
-    feat_set = set(cols)
-    meta = [c for c in profiles.columns if c not in feat_set]
-    return with_features(profiles, meta, fit.transform(x), list(fit.columns)), result
+    return replace_features(profiles, cols, fit.transform(x), list(fit.columns)), result

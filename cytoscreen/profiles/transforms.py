@@ -36,7 +36,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError
-from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, replace_features
 from cytoscreen.profiles.columns import resolve_features
 
 logger = logging.getLogger(__name__)
@@ -196,9 +196,7 @@ def asinh(
     cols = resolve_features(profiles, features, source=source)
     x = feature_matrix(profiles, cols, dtype=np.float64)
     check_finite(x, cols, source=source)
-    feat_set = set(cols)
-    meta = [c for c in profiles.columns if c not in feat_set]
-    return with_features(profiles, meta, np.arcsinh(x), cols), AsinhRecord(tuple(cols))
+    return replace_features(profiles, cols, np.arcsinh(x), cols), AsinhRecord(tuple(cols))
 
 
 def fit_paths(output: str | Path, name: str) -> tuple[Path, Path]:
