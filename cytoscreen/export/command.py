@@ -9,10 +9,13 @@ normalized, feature_selected, consensus) as .parquet, .csv or .tsv.  Needs the `
 ome-zarr IMAGES MASKS writes the masks of `cytoscreen segment run --masks MASKS` as OME-Zarr labels
 (<row>/<col>/<field>/labels/nuclei, cells) of each field: into a new plate store --out (a copy of an
 ome-zarr plate's store, or the plate's TIFFs converted), or with --in-place into the ome-zarr
-plate's own store.  Open the store in napari (napari-ome-zarr) to see images and masks together.
+plate's own store.  With neither, --config decides by `segment.ome_zarr_labels`: copy writes
+<results>/<plate>/plate.ome.zarr, input writes into the plate's own store (as the workflow runs it).
+Open the store in napari (napari-ome-zarr) to see images and masks together.
 
   cytoscreen export anndata results/P1/normalized.parquet results/P1/normalized.h5ad
   cytoscreen export ome-zarr results/P1/images.parquet results/P1/masks --out results/P1/plate.ome.zarr
+  cytoscreen export ome-zarr results/P1/images.parquet results/P1/masks --config config.yaml
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     where.add_argument("--out", default=None, help="new plate store (copy of the input store, or the images "
                        "converted)")
     where.add_argument("--in-place", action="store_true", help="write the labels into the input ome-zarr store")
+    z.add_argument("--config", default=None, help="workflow config: without --out or --in-place, "
+                   "segment.ome_zarr_labels chooses (copy: <results>/<plate>/plate.ome.zarr; input: in place)")
     z.add_argument("--ngff-version", choices=("0.4", "0.5"), default="0.5",
                    help="NGFF version of a plate converted from TIFFs (a copied store keeps its own)")
     z.add_argument("--summary", default=None, help="TSV/Parquet of the labels written (site, label, field, "
@@ -55,15 +60,43 @@ def run_anndata(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The plate store that `segment.ome_zarr_labels: copy` writes, in <results>/<plate>/.
+LABELS_STORE = "plate.ome.zarr"
+
+
 def run_ome_zarr(args: argparse.Namespace) -> int:
     from cytoscreen import io
     from cytoscreen.segment.omezarr_labels import write_plate_labels
 
-    if not args.in_place and not args.out:
-        raise ConfigError("export ome-zarr needs --out STORE (a new plate store) or --in-place")
     images = io.read_table(args.images)
-    table = write_plate_labels(images, args.masks, mode="input" if args.in_place else "copy", out=args.out,
-                               version=args.ngff_version)
+    mode, out = _labels_target(args, images)
+    table = write_plate_labels(images, args.masks, mode=mode, out=out, version=args.ngff_version)
     if args.summary:
         io.write_table(table, args.summary)
     return 0
+
+
+def _labels_target(args: argparse.Namespace, images) -> tuple[str, str | None]:
+    """The labels mode and store: ``--out`` or ``--in-place`` when given, else ``--config``'s
+    ``segment.ome_zarr_labels`` (``copy`` into ``<results>/<plate>/plate.ome.zarr``)."""
+    from pathlib import Path
+
+    from cytoscreen import io
+    from cytoscreen.config import load_config
+
+    if args.in_place:
+        return "input", None
+    if args.out:
+        return "copy", args.out
+    if args.config is None:
+        raise ConfigError("export ome-zarr needs --out STORE (a new plate store), --in-place, or --config "
+                          "(segment.ome_zarr_labels chooses)")
+    config = load_config(args.config)
+    mode = config["segment"]["ome_zarr_labels"]
+    if mode == "none":
+        raise ConfigError(f"{args.config}: segment.ome_zarr_labels is none, so no labels are asked for; set "
+                          f"copy or input, or pass --out STORE or --in-place")
+    if mode == "input":
+        return "input", None
+    plate = str(images[io.PLATE].iloc[0]) if len(images) else ""
+    return "copy", str(Path(config["results"]) / plate / LABELS_STORE)

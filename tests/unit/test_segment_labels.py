@@ -144,3 +144,31 @@ def test_errors_and_cli(tmp_path, capsys):
     assert len(pd.read_csv(summary, sep="\t")) == len(masks)
     assert main(["export", "ome-zarr", str(tmp_path / "images.parquet"), str(d)]) == 3
     assert "needs --out" in capsys.readouterr().err
+
+
+def test_cli_config_chooses_the_store(tmp_path, capsys):
+    """Without --out/--in-place, `--config`'s segment.ome_zarr_labels decides (as the workflow runs it)."""
+    import yaml
+
+    fields, masks = _fields()
+    src = write_plate(tmp_path / "in.zarr", fields, channels=CHANNELS, version="0.5")
+    images = index_ome_zarr(src, plate="P")
+    d = _masks_dir(tmp_path, masks)
+    io.write_parquet(images, tmp_path / "images.parquet")
+    args = ["export", "ome-zarr", str(tmp_path / "images.parquet"), str(d)]
+
+    def config(mode: str) -> str:
+        path = tmp_path / f"config_{mode}.yaml"
+        path.write_text(yaml.safe_dump({"results": str(tmp_path / "res"), "plates": "plates.tsv",
+                                        "segment": {"enabled": True, "ome_zarr_labels": mode}}))
+        return str(path)
+
+    assert main([*args, "--config", config("copy")]) == 0
+    store = tmp_path / "res" / "P" / "plate.ome.zarr"
+    np.testing.assert_array_equal(read_field_labels(store / "B" / "3" / "1")["nuclei"], masks[("B03", 2)])
+    assert not (src / "A" / "1" / "0" / "labels").exists()
+    assert main([*args, "--config", config("input")]) == 0
+    np.testing.assert_array_equal(read_field_labels(src / "A" / "1" / "0")["nuclei"], masks[("A01", 1)])
+    capsys.readouterr()
+    assert main([*args, "--config", config("none")]) == 3
+    assert "segment.ome_zarr_labels is none" in capsys.readouterr().err

@@ -42,10 +42,8 @@ rule export_anndata:
 
 _LABELS_MODE = config["segment"]["ome_zarr_labels"] if config["segment"]["enabled"] else "none"
 _LABELS_OUTPUT = {"summary": f"{RESULTS}/{{plate}}/ome_zarr_labels.tsv"}
-_LABELS_WHERE = " --in-place"
-if _LABELS_MODE == "copy":
+if _LABELS_MODE == "copy":  # the store the command writes for this mode (export.command.LABELS_STORE)
     _LABELS_OUTPUT["store"] = directory(f"{RESULTS}/{{plate}}/plate.ome.zarr")
-    _LABELS_WHERE = " --out {output.store}"
 
 
 if _LABELS_MODE != "none":
@@ -56,6 +54,8 @@ if _LABELS_MODE != "none":
             masks=f"{RESULTS}/{{plate}}/masks",
         output:
             **_LABELS_OUTPUT,
+        params:
+            cfg=CONFIGFILE,
         log:
             f"{RESULTS}/logs/export/ome_zarr_labels_{{plate}}.log",
         benchmark:
@@ -67,9 +67,8 @@ if _LABELS_MODE != "none":
         conda:
             CONDA_ENV
         shell:
-            "cytoscreen export ome-zarr {input.images} {input.masks}"
-            + _LABELS_WHERE
-            + " --summary {output.summary} > {log} 2>&1"
+            "cytoscreen export ome-zarr {input.images} {input.masks} --config {params.cfg} "
+            "--summary {output.summary} > {log} 2>&1"
 
 
 EXPORT_OUTPUTS = _EXPORT_H5AD + (
