@@ -11,7 +11,8 @@ Data sets (``--data`` is the folder holding them, ``../shared/data`` in the proj
     of the readout with ``dose_index`` over the treated wells of each compound).
 ``lincs_cellpainting_mini``
     Five real Cell Painting plates (4 wells each: 2 DMSO, 2 compounds).  The whole workflow runs.
-    Metrics on the workflow's profile table (``results/screen/feature_selected.parquet``):
+    Metrics on the workflow's MoA table (``results/screen/moa_profiles.parquet``, ``profiles.moa``;
+    under ``"hits"`` the same on the hit-calling table ``feature_selected.parquet``):
     ``map_replicate`` (replicate retrieval mAP of each compound against the DMSO wells, mean over
     compounds), ``replicate_q05_fraction`` (fraction of compounds with mAP q < 0.05) and
     ``nsp_1nn`` (leave-one-out 1-NN accuracy of every well's treatment, same-plate wells excluded
@@ -68,8 +69,9 @@ FOLDERS = {
     "lincs_cellpainting_mini": "lincs_cellpainting_mini",
     "bbbc021": "bbbc021_profiles",
 }
-#: The profile table the workflow's MoA and novelty stages read.
-PROFILES = "screen/feature_selected.parquet"
+#: The profile tables of the workflow's two branches: MoA (consensus, moa) and hit calling (novelty).
+PROFILES = "screen/moa_profiles.parquet"
+HIT_PROFILES = "screen/feature_selected.parquet"
 CONSENSUS = "screen/consensus.parquet"
 NOVELTY = "screen/novelty/novelty.parquet"
 #: BBBC013 file names: Channel<C>-<NN>-<row letter>-<column>.tif, one site per well.
@@ -352,6 +354,9 @@ def lincs_record(results: Path, *, null_size: int, seed: int) -> dict[str, Any]:
         record.update(replicate_metrics(pd.read_parquet(profiles), null_size=null_size, seed=seed))
     else:
         record["error"] = f"{profiles} was not made"
+    if (results / HIT_PROFILES).exists():
+        record["hits"] = replicate_metrics(pd.read_parquet(results / HIT_PROFILES), null_size=null_size,
+                                           seed=seed)
     record["raw"] = replicate_metrics(read_wells(results), null_size=null_size, seed=seed)
     return record
 

@@ -100,6 +100,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "--config", default=None,
             help="workflow config; its profiles section gives the defaults of every option",
         )
+        p.add_argument(
+            "--chain", choices=CHAINS, default="hits",
+            help="hits: the profiles keys (the hit-calling table novelty reads); moa: the same with "
+            "the keys of profiles.moa in their place (the MoA table consensus and moa read)",
+        )
         p.set_defaults(func=run, action=name)
         return p
 
@@ -237,15 +242,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # --- run ------------------------------------------------------------------------------------------
+#: ``--chain``: the hit-calling table's keys, or those with ``profiles.moa`` in their place.
+CHAINS = ("hits", "moa")
+
+
+def chain_settings(
+    section: Mapping[str, Any], chain: str, flags: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``profiles:`` settings of one branch: ``hits`` is the section itself; ``moa`` puts the
+    keys of ``section["moa"]`` in place of the section's (keys it lacks keep the section's).  Flags
+    given on the command line (``flags``) win over both."""
+    if chain not in CHAINS:
+        raise ValueError(f"unknown profiles chain {chain!r}; choose from {', '.join(CHAINS)}")
+    out = {k: v for k, v in section.items() if k != "moa"}
+    if chain == "moa":
+        out.update(section.get("moa") or {})
+    out.update(flags or {})
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Resolve the ``profiles:`` settings (flag > --config > schema default) and run the step."""
     from cytoscreen import io
-    from cytoscreen.argparse_ import load_config_with_overrides
+    from cytoscreen.argparse_ import given_overrides, load_config_with_overrides
     from cytoscreen.profiles.stage import run_step
 
     config = load_config_with_overrides(args, "profiles")
     run_step(
-        args.action, args.inputs, args.output, config["profiles"],
+        args.action, args.inputs, args.output,
+        chain_settings(config["profiles"], getattr(args, "chain", "hits"), given_overrides(args)),
         qc=getattr(args, "qc", None), blocklist_file=getattr(args, "blocklist_file", None),
         selection=getattr(args, "selection", None), per_plate_dir=getattr(args, "per_plate_dir", None),
         untransformed=getattr(args, "untransformed", None),

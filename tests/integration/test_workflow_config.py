@@ -32,8 +32,9 @@ from tests.conftest import CHANNELS, REPO
 
 pytestmark = pytest.mark.slow
 
-PROFILES_ON = {"profiles_aggregate", "profiles_normalize", "profiles_select", "profiles_consensus",
-               "novelty_train", "novelty_score", "dose", "moa", "report_plate", "report_index", "all"}
+MOA_BRANCH = {"profiles_moa_normalize", "profiles_moa_select", "profiles_consensus", "moa", "report_index", "all"}
+PROFILES_ON = {"profiles_aggregate", "profiles_normalize", "profiles_select", "novelty_train", "novelty_score",
+               "dose", "report_plate"} | MOA_BRANCH
 FEATURES_ON = {"features"} | PROFILES_ON
 QC_ON = {"qc"} | FEATURES_ON
 INGEST_ON = {"ingest"} | QC_ON
@@ -104,6 +105,8 @@ def completed(tiny_screen, tmp_path_factory) -> tuple[Path, dict]:
     ("qc", {"blur_z": 3.0}, QC_ON),
     ("features", {"scaling": "image"}, FEATURES_ON),
     ("profiles", {"normalize_method": "standardize"}, PROFILES_ON),
+    # the MoA sub-chain reruns the MoA branch only: hit calling does not read it
+    ("profiles", {"moa": {"asinh": False}}, MOA_BRANCH),
     ("novelty", {"hit_q": 0.2}, {"novelty_train", "novelty_score", "dose", "report_plate", "report_index", "all"}),
     ("moa", {"n_clusters": 3}, {"moa", "report_index", "all"}),
     ("report", {"thumbnail_px": 64}, {"dose", "report_plate", "report_index", "all"}),

@@ -126,7 +126,12 @@ def test_cli_defaults_and_choices_match_schema():
             if action.dest in props:
                 seen.add(action.dest)
                 assert action.default == props[action.dest]["default"], action.dest
-    assert seen == set(props)  # every key has a flag
+    assert seen == set(props) - {"moa"}  # every key has a flag; moa's is --chain moa
+    moa = props["moa"]["properties"]
+    for key, entry in moa.items():  # the MoA sub-chain overrides profiles keys, same types and enums
+        assert key in props and entry["type"] == props[key]["type"], key
+        assert entry.get("enum") == props[key].get("enum"), key
+        assert entry.get("items") == props[key].get("items"), key
     assert tuple(props["normalize_method"]["enum"]) == NORMALIZE_METHODS
     assert tuple(props["aggregate_method"]["enum"]) == AGGREGATE_METHODS
     assert tuple(props["consensus_method"]["enum"]) == CONSENSUS_METHODS
@@ -266,3 +271,39 @@ def test_read_profiles_keeps_metadata_of_a_sliced_table(tmp_path, copy_on_write)
     pd.testing.assert_frame_equal(got, pd.read_parquet(path))
     assert got["Metadata_Well"].iloc[0] == "A36" and got["f1"].iloc[0] == 36.0
     assert got["Metadata_Plate"].notna().all()
+
+
+def test_chain_moa_puts_the_moa_keys_in_place(tmp_path):
+    from cytoscreen.argparse_ import section_defaults
+    from cytoscreen.config import load_config
+    from cytoscreen.profiles.command import chain_settings
+
+    section = load_config(None)["profiles"]
+    hits = chain_settings(section, "hits")
+    moa = chain_settings(section, "moa")
+    assert "moa" not in hits and "moa" not in moa
+    assert hits == {k: v for k, v in section.items() if k != "moa"}
+    defaults = section_defaults("profiles")
+    assert hits["reference"] == defaults["reference"] == "negcon" and hits["spherize"] is None
+    # the P2 chain of benchmarks/README.md "Real plates"
+    assert (moa["reference"], moa["normalize_scale"], moa["asinh"], moa["spherize"]) == ("all", "screen", True, "ZCA")
+    assert moa["select_operations"] == ["drop_na_columns", "drop_outliers"]
+    assert (moa["spherize_regularization"], moa["spherize_epsilon"], moa["spherize_center"],
+            moa["spherize_reference"]) == ("shrinkage", 0.1, "normalization", "negcon")
+    assert moa["consensus_method"] == hits["consensus_method"]  # keys moa lacks keep the section's
+    assert chain_settings(section, "moa", {"asinh": False})["asinh"] is False  # a flag wins
+    # through the CLI: --chain moa normalizes against every well, the default against negcon
+    df = synthetic_wells(plates=2, wells=24, features=6, negcon=8, seed=1, dtype=np.float64)
+    src = tmp_path / "w.parquet"
+    df.to_parquet(src)
+    for chain, reference in (("hits", "negcon"), ("moa", "all")):
+        out = tmp_path / f"{chain}.parquet"
+        assert cli.main(["profiles", "normalize", str(src), str(out), "--chain", chain]) == 0
+        params = io.read_provenance(out)["parameters"]
+        assert params["reference"] == reference
+    moa_out = pd.read_parquet(tmp_path / "moa.parquet")
+    feats = io.feature_columns(df)
+    medians = moa_out.groupby(io.PLATE)[feats].median().to_numpy()  # centred on all wells' median
+    np.testing.assert_allclose(medians, 0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown profiles chain"):
+        chain_settings(section, "umap")

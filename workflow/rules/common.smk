@@ -48,6 +48,11 @@ OUT = {
     "selected": f"{RESULTS}/screen/feature_selected.parquet",
     "selection_record": f"{RESULTS}/screen/feature_selected.selection.json",
     "selection_table": f"{RESULTS}/screen/feature_selected.selection.tsv",
+    # the MoA branch (profiles.moa): its own normalization and selection of the same wells
+    "moa_normalized": f"{RESULTS}/screen/moa_normalized.parquet",
+    "moa_profiles": f"{RESULTS}/screen/moa_profiles.parquet",
+    "moa_selection_record": f"{RESULTS}/screen/moa_profiles.selection.json",
+    "moa_selection_table": f"{RESULTS}/screen/moa_profiles.selection.tsv",
     "consensus": f"{RESULTS}/screen/consensus.parquet",
     "novelty_model": f"{RESULTS}/screen/novelty/model.ckpt",
     "novelty": f"{RESULTS}/screen/novelty/novelty.parquet",
@@ -80,6 +85,12 @@ def results_root(wildcards, output):
 def settings(*sections):
     """A param that changes exactly when one of these config sections does (a rerun trigger)."""
     return section_digest(config, *sections)
+
+
+def hit_profiles_settings():
+    """The hit-calling profiles' rerun trigger: the profiles section without its moa sub-chain."""
+    hits = {k: v for k, v in config["profiles"].items() if k != "moa"}
+    return section_digest({"profiles": hits}, "profiles")
 
 
 def ingest_settings(wildcards):

@@ -1,14 +1,15 @@
 # MoA stage: clusters, UMAP, nearest neighbours (moa.parquet) and benchmark metrics
 # (evaluation.json) of the screen's treatments. One job for the whole screen.
 #
-# moa.representation (config) picks the profiles: the feature-selected wells with their consensus
-# (profiles, default) or the novelty stage's reconstruction residuals (residuals); the command reads
-# it from the config, and the residuals are an input only then (moa_residuals in common.smk).
+# moa.representation (config) picks the profiles: the MoA branch's wells (moa_profiles.parquet,
+# profiles.moa) with their consensus (profiles, default) or the novelty stage's reconstruction
+# residuals (residuals); the command reads it from the config, and the residuals are an input only
+# then (moa_residuals in common.smk).
 
 
 rule moa:
     input:
-        profiles=rules.profiles_select.output.screen,
+        profiles=rules.profiles_moa_select.output.screen,
         consensus=rules.profiles_consensus.output[0],
         residuals=moa_residuals,
     output:

@@ -6,7 +6,10 @@
 # keeps the same columns (a per-plate selection would give plates different column sets that cannot
 # be stacked for novelty, consensus or MoA); the same call also writes each plate's rows to
 # <plate>/feature_selected.parquet and records the kept/dropped columns per operation beside the
-# screen table (feature_selected.selection.json and .tsv).  Consensus is per treatment across plates.
+# screen table (feature_selected.selection.json and .tsv).  That table is the hit-calling branch
+# (novelty, dose, plate reports).  The MoA branch (profiles.moa: consensus, moa, the screen report)
+# normalizes and selects the same wells its own way into screen/moa_profiles.parquet.  Consensus is
+# per treatment across plates.
 
 
 rule profiles_aggregate:
@@ -21,7 +24,7 @@ rule profiles_aggregate:
         f"{BENCHMARKS}/profiles/aggregate/{{plate}}.tsv"
     params:
         cfg=CONFIGFILE,
-        settings=settings("profiles"),
+        settings=hit_profiles_settings(),
     threads: 1
     resources:
         mem_mb=2000,
@@ -44,7 +47,7 @@ rule profiles_normalize:
         f"{BENCHMARKS}/profiles/normalize/{{plate}}.tsv"
     params:
         cfg=CONFIGFILE,
-        settings=settings("profiles"),
+        settings=hit_profiles_settings(),
     threads: 1
     resources:
         mem_mb=1000,
@@ -69,7 +72,7 @@ rule profiles_select:
         f"{BENCHMARKS}/profiles/select.tsv"
     params:
         cfg=CONFIGFILE,
-        settings=settings("profiles"),
+        settings=hit_profiles_settings(),
         results=results_root,
     threads: 4
     resources:
@@ -82,9 +85,60 @@ rule profiles_select:
         "--config {params.cfg} > {log} 2>&1"
 
 
+# The MoA branch: the same wells, normalized and selected with profiles.moa's keys in place of the
+# hit-calling keys above (--chain moa); its fits (screen scale, asinh, sphering) are saved beside
+# moa_profiles.parquet. One screen-level normalize job (the plates stacked, each normalized on its own).
+rule profiles_moa_normalize:
+    input:
+        wells=expand(rules.profiles_aggregate.output[0], plate=PLATES),
+    output:
+        OUT["moa_normalized"],
+    log:
+        f"{LOGS}/profiles/moa_normalize.log",
+    benchmark:
+        f"{BENCHMARKS}/profiles/moa_normalize.tsv"
+    params:
+        cfg=CONFIGFILE,
+        settings=settings("profiles"),
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        CONDA_ENV
+    shell:
+        "cytoscreen profiles normalize {input.wells} {output} --chain moa --config {params.cfg} "
+        "> {log} 2>&1"
+
+
+rule profiles_moa_select:
+    input:
+        normalized=rules.profiles_moa_normalize.output[0],
+    output:
+        screen=OUT["moa_profiles"],
+        record=OUT["moa_selection_record"],
+        table=OUT["moa_selection_table"],
+    log:
+        f"{LOGS}/profiles/moa_select.log",
+    benchmark:
+        f"{BENCHMARKS}/profiles/moa_select.tsv"
+    params:
+        cfg=CONFIGFILE,
+        settings=settings("profiles"),
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    shell:
+        "cytoscreen profiles select {input.normalized} {output.screen} --chain moa "
+        "--config {params.cfg} > {log} 2>&1"
+
+
 rule profiles_consensus:
     input:
-        profiles=rules.profiles_select.output.screen,
+        profiles=rules.profiles_moa_select.output.screen,
     output:
         OUT["consensus"],
     log:
@@ -101,11 +155,13 @@ rule profiles_consensus:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen profiles consensus {input.profiles} {output} --config {params.cfg} > {log} 2>&1"
+        "cytoscreen profiles consensus {input.profiles} {output} --chain moa --config {params.cfg} "
+        "> {log} 2>&1"
 
 
 PROFILES_OUTPUTS = [
     OUT["consensus"],
+    OUT["moa_profiles"],
     OUT["selected"],
     *expand(OUT["plate_selected"], plate=PLATES),
 ]

@@ -47,7 +47,7 @@ rule report_index:
         novelty=rules.novelty_score.output.novelty,
         moa=rules.moa.output.moa,
         evaluation=rules.moa.output.evaluation,
-        profiles=rules.profiles_select.output.screen,
+        profiles=rules.profiles_moa_select.output.screen,
     output:
         report(
             OUT["index_report"],
