@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -93,8 +94,8 @@ def group_reduce(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) -
     """Per-group median or mean of the rows of ``x`` (NaN skipped, as pandas does).
 
     Rows are handled in blocks of whole groups, so temporary copies are bounded by the block size.
-    Groups of equal size are reduced together: their rows are laid out as (group, feature, site)
-    in one reused buffer and partitioned in place along the contiguous last axis.
+    Groups of equal size ``k`` are reduced together by a median-selection network over their ``k``
+    rows (:func:`median_network`), run on cache-sized tiles of (site, feature, group) values.
     """
     if method not in ("median", "mean"):
         raise ConfigError(f"unknown aggregation method {method!r}; use median or mean")
@@ -108,7 +109,6 @@ def group_reduce(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) -
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     nan_cols = nonfinite_columns(x)
     rows_per_block = max(int(counts.max()), _BLOCK_VALUES // max(f, 1))
-    buffer = np.empty(min(n, rows_per_block) * f, dtype=x.dtype) if method == "median" else None
     g0 = 0
     while g0 < n_groups:
         # whole groups whose rows fit in one block (at least one group)
@@ -121,7 +121,7 @@ def group_reduce(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) -
         if method == "mean":
             _mean_block(block, counts[g0:g1], local_starts, nan_cols, out[g0:g1])
         else:
-            _median_block(block, counts[g0:g1], local_starts, nan_cols, buffer, out[g0:g1])
+            _median_block(block, counts[g0:g1], local_starts, nan_cols, out[g0:g1])
         g0 = g1
     return out
 
@@ -143,7 +143,7 @@ def _mean_block(
 
 def _median_block(
     block: np.ndarray, counts: np.ndarray, starts: np.ndarray, nan_cols: np.ndarray,
-    buffer: np.ndarray, out: np.ndarray,
+    out: np.ndarray,
 ) -> None:
     f = block.shape[1]
     # runs of consecutive groups with the same number of rows are views of the block
@@ -158,23 +158,105 @@ def _median_block(
         g = len(groups)
         if g == 1 or np.all(np.diff(groups) == 1):
             r0 = int(starts[groups[0]])
-            cube = block[r0 : r0 + g * k].reshape(g, k, f)
+            cube = block[r0 : r0 + g * k].reshape(g, k, f)  # a view in either memory order
         else:
             cube = block[(starts[groups][:, None] + np.arange(k)[None, :]).ravel()]
             cube = cube.reshape(g, k, f)
-        work = buffer[: g * f * k].reshape(g, f, k)
-        np.copyto(work, cube.transpose(0, 2, 1))
-        h = k // 2
-        if k % 2:
-            work.partition(h, axis=2)
-            out[groups] = work[:, :, h]
-        else:
-            work.partition((h - 1, h), axis=2)
-            out[groups] = (work[:, :, h - 1].astype(np.float64) + work[:, :, h]) / 2
+        out[groups] = _cube_median(cube)
         if nan_cols.any():
             out[groups[:, None], np.flatnonzero(nan_cols)[None, :]] = _nanmedian_axis1(
                 cube[:, :, nan_cols]
             )
+
+
+#: Values per wire of a median-network tile: ``k`` wires of 16,384 float32 stay in L2.
+_TILE_LANES = 1 << 14
+
+
+def _cube_median(cube: np.ndarray) -> np.ndarray:
+    """Median over axis 1 of a (groups, k, features) array (NaN not skipped; see the caller).
+
+    The ``k`` values of every (group, feature) lane are copied, tile by tile, into ``k``
+    contiguous wires, and :func:`median_network` is run on them with ``np.minimum``/``np.maximum``
+    (vectorized over the lanes); the result equals the partition-based median (a selection network
+    returns the exact order statistics), for even ``k`` the mean of the two middle values computed
+    in float64 as pandas does.
+    """
+    g, k, f = cube.shape
+    res = np.empty((g, f), dtype=cube.dtype)
+    if k == 1:
+        res[:] = cube[:, 0]
+        return res
+    net = median_network(k)
+    h = k // 2
+    # lanes laid out so that the source's contiguous axis is read along the tile's rows
+    f_major = cube.strides[2] > cube.strides[0]
+    src = cube.transpose(1, 2, 0) if f_major else cube.transpose(1, 0, 2)  # (k, A, B)
+    dst = res.T if f_major else res
+    a_n, b_n = src.shape[1], src.shape[2]
+    b_step = min(b_n, _TILE_LANES)
+    a_step = max(1, _TILE_LANES // b_step)
+    wires_buf = np.empty((k, a_step, b_step), dtype=cube.dtype)
+    tmp_buf = np.empty((a_step, b_step), dtype=cube.dtype)
+    for a0 in range(0, a_n, a_step):
+        a1 = min(a_n, a0 + a_step)
+        for b0 in range(0, b_n, b_step):
+            b1 = min(b_n, b0 + b_step)
+            w = wires_buf[:, : a1 - a0, : b1 - b0]
+            np.copyto(w, src[:, a0:a1, b0:b1])
+            wires = list(w)
+            t = tmp_buf[: a1 - a0, : b1 - b0]
+            for i, j in net:
+                np.minimum(wires[i], wires[j], out=t)
+                np.maximum(wires[i], wires[j], out=wires[j])
+                wires[i], t = t, wires[i]
+            if k % 2:
+                dst[a0:a1, b0:b1] = wires[h]
+            else:
+                dst[a0:a1, b0:b1] = (wires[h - 1].astype(np.float64) + wires[h]) / 2
+    return res
+
+
+@cache
+def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort on ``n`` wires.
+
+    Built for the next power of two; comparators touching a wire ``>= n`` are dropped (those
+    wires hold +inf, so the comparators would not move anything).  After applying each comparator
+    (smaller value to ``i``) in order, the wires are sorted.
+    """
+    p = 1
+    while p < n:
+        p *= 2
+    pairs = []
+    size = 1
+    while size < p:
+        step = size
+        while step >= 1:
+            for j in range(step % size, p - step, 2 * step):
+                for i in range(min(step, p - j - step)):
+                    if (i + j) // (size * 2) == (i + j + step) // (size * 2):
+                        pairs.append((i + j, i + j + step))
+            step //= 2
+        size *= 2
+    return tuple((a, b) for a, b in pairs if b < n)
+
+
+@cache
+def median_network(n: int) -> tuple[tuple[int, int], ...]:
+    """The comparators of :func:`sorting_network` that the middle wire(s) depend on.
+
+    Wire ``n // 2`` (odd ``n``) or wires ``n // 2 - 1`` and ``n // 2`` (even ``n``) then hold the
+    same values as after the full network: the middle order statistics.
+    """
+    h = n // 2
+    need = {h} if n % 2 else {h - 1, h}
+    kept = []
+    for a, b in reversed(sorting_network(n)):
+        if a in need or b in need:
+            kept.append((a, b))
+            need |= {a, b}
+    return tuple(reversed(kept))
 
 
 def _nanmedian_axis1(cube: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.profiles import aggregate
+from cytoscreen.profiles import aggregate, groups
 from cytoscreen.profiles.aggregate import join_qc
 from cytoscreen.profiles.columns import N_SITES_QC_FAILED
 from cytoscreen.profiles.groups import group_reduce
@@ -85,6 +85,37 @@ def test_median_matches_pandas_on_uneven_groups_with_nan():
         ref = pd.DataFrame(x.astype(np.float64)).groupby(codes).agg(method).to_numpy()
         np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("n", range(1, 20))
+def test_sorting_and_median_networks(n):
+    from cytoscreen.profiles.groups import median_network, sorting_network
+
+    v = np.random.default_rng(n).integers(0, 4, (n, 400))  # many ties
+    full, mid = v.copy(), v.copy()
+    for net, w in ((sorting_network(n), full), (median_network(n), mid)):
+        for i, j in net:
+            w[i], w[j] = np.minimum(w[i], w[j]), np.maximum(w[i], w[j])
+    np.testing.assert_array_equal(full, np.sort(v, axis=0))
+    middle = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    np.testing.assert_array_equal(mid[middle], full[middle])
+    assert len(median_network(n)) <= len(sorting_network(n))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_median_equals_pandas_exactly_on_runs_of_equal_groups(order, monkeypatch):
+    """Runs of equal-size groups (13 and 14 sites, as after QC), tiles smaller than a run, both
+    memory orders: every value equals pandas' median bit for bit (float32, even sizes via float64)."""
+    monkeypatch.setattr(groups, "_TILE_LANES", 64)
+    rng = np.random.default_rng(2)
+    counts = np.r_[np.full(7, 14), np.full(40, 13), [1, 2]]
+    codes = np.repeat(np.arange(len(counts)), counts)
+    x = np.asarray(rng.normal(size=(len(codes), 70)).astype(np.float32), order=order)
+    x[::7, 3] = np.nan
+    ours = group_reduce(x, codes, len(counts), "median")
+    ref = pd.DataFrame(x).groupby(codes).median().to_numpy()
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
 
 def test_synthetic_sites_shape():
     sites = synthetic_sites(plates=2, wells=12, sites=3)
