@@ -27,18 +27,14 @@ from __future__ import annotations
 from cytoscreen.backbones import efficientnet_lite, tiny  # noqa: F401  (register the built-ins)
 from cytoscreen.backbones.registry import (
     DEFAULT_BACKBONE,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TIMM_PREFIX,
     Backbone,
-    BackboneSpec,
     backbone_spec,
     backbone_table,
-    backbone_token,
     create_backbone,
     list_backbones,
     register_backbone,
 )
+from cytoscreen.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, BackboneSpec, backbone_token
 from cytoscreen.backbones.weights import load_state_dict, load_weights, weights_sha256
 
 __all__ = [

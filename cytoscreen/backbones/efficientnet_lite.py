@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cytoscreen.backbones.registry import BackboneSpec, register_backbone
+from cytoscreen.backbones.registry import register_backbone
+from cytoscreen.backbones.spec import BackboneSpec
 from cytoscreen.backbones.weights import load_weights
 
 

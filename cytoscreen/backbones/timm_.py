@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cytoscreen.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, BackboneSpec
+from cytoscreen.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, BackboneSpec
 from cytoscreen.backbones.weights import load_weights, weights_sha256
 from cytoscreen.errors import ConfigError, ModelError
 

@@ -22,7 +22,7 @@ from cytoscreen import io
 from cytoscreen.errors import ModelError
 
 if TYPE_CHECKING:
-    from cytoscreen.backbones.registry import BackboneSpec
+    from cytoscreen.backbones.spec import BackboneSpec
 
 
 @functools.lru_cache(maxsize=64)

@@ -77,7 +77,7 @@ def provenance_names(record: Mapping[str, Any] | None) -> tuple[list[str], list[
             channels.update((str(c), None) for c in chans)
         name = rec.get("backbone")
         if isinstance(name, str) and name:
-            from cytoscreen.backbones.registry import backbone_token
+            from cytoscreen.backbones.spec import backbone_token
 
             tokens[backbone_token(name)] = None
     return list(channels), list(tokens)

@@ -29,9 +29,6 @@ from cytoscreen.ingest.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = (io.PLATE, io.WELL, io.ROW, io.COL, io.SITE, io.CHANNEL, io.PATH, io.FRAME)
-#: Added to every image row from its file header (:func:`cytoscreen.ingest.headers.annotate`).
-HEADER_COLUMNS = (io.DTYPE, io.BIT_DEPTH, io.INTENSITY_SCALE)
 
 
 def _walk(root: Path, extensions: Sequence[str]) -> list[str]:
@@ -63,10 +60,11 @@ def index_plate(
 ) -> pd.DataFrame:
     """Index one plate's images.
 
-    Returns one row per image plane with :data:`IMAGE_COLUMNS` and :data:`HEADER_COLUMNS`, sorted
-    by well, site and channel (channels in the order of the config's mapping, then by token).
-    Each image's dtype and bit depth come from its header (:mod:`cytoscreen.ingest.headers`,
-    which also explains ``z_projection`` and ``on_mixed_bit_depth``).
+    Returns one row per image plane with :data:`cytoscreen.io.IMAGE_COLUMNS` and
+    :data:`cytoscreen.io.HEADER_COLUMNS`, sorted by well, site and channel (channels in the order
+    of the config's mapping, then by token).  Each image's dtype and bit depth come from its
+    header (:mod:`cytoscreen.ingest.headers`, which also explains ``z_projection`` and
+    ``on_mixed_bit_depth``).
 
     Raises
     ------
@@ -253,7 +251,7 @@ def _index_zarr(root: Path, plate: str, channels: Mapping[str, str]) -> pd.DataF
             rows.append({io.PLATE: plate, io.WELL: well, io.ROW: r, io.COL: c, io.SITE: int(s["Site"]),
                          io.CHANNEL: _channel_name(str(ch["channel"]), channels), io.PATH: str(store),
                          io.FRAME: int(s["idx"]) * n_ch + int(ch["idx"])})
-    return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
+    return pd.DataFrame(rows, columns=list(io.IMAGE_COLUMNS))
 
 
 def _check_complete(df: pd.DataFrame, root: Path) -> None:
@@ -325,5 +323,5 @@ def check_layout_name(name: str, config: Mapping) -> None:
     resolve_layout(name, config.get("layouts"))
 
 
-__all__ = ["HEADER_COLUMNS", "IMAGE_COLUMNS", "check_channels", "index_plate", "ingest_plate", "check_layout_name",
+__all__ = ["check_channels", "index_plate", "ingest_plate", "check_layout_name",
            "ConfigError"]

@@ -27,7 +27,6 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
-from cytoscreen.ingest.index import IMAGE_COLUMNS
 from cytoscreen.ingest.layouts import OME_ZARR_LAYOUT
 
 logger = logging.getLogger(__name__)
@@ -170,7 +169,7 @@ def _plate_store(root: Path) -> Path:
 
 
 def index_ome_zarr(images: str | Path, *, plate: str, channels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Index an OME-Zarr HCS plate: one row per (well, field, channel) plane with ``IMAGE_COLUMNS``.
+    """Index an OME-Zarr HCS plate: one row per (well, field, channel) plane with ``io.IMAGE_COLUMNS``.
 
     Sites are numbered 1, 2, ... in the order of each well's ``images`` list.  Channel names are the
     fields' ``omero.channels[].label`` values mapped through ``channels``.
@@ -233,7 +232,7 @@ def index_ome_zarr(images: str | Path, *, plate: str, channels: Mapping[str, str
         logger.warning("%s: %d acquisitions; each field is its own site (numbered per well in "
                        "well.images order)", root, len(acquisitions))
     logger.info("%s: OME-Zarr %s plate, %d wells", root, version, len(listed))
-    return pd.DataFrame.from_records(records, columns=list(IMAGE_COLUMNS))
+    return pd.DataFrame.from_records(records, columns=list(io.IMAGE_COLUMNS))
 
 
 # --- writing --------------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ BIT_DEPTH = "bit_depth"
 #: Factor every reader applies to an image's values so that a plate mixing bit depths shares one
 #: full scale (1.0 unless ``ingest.on_mixed_bit_depth: rescale``).
 INTENSITY_SCALE = "intensity_scale"
+#: The columns of images.parquet that the index gives every image plane (ingest).
+IMAGE_COLUMNS = (PLATE, WELL, ROW, COL, SITE, CHANNEL, PATH, FRAME)
+#: Added to every image row from its file header (:func:`cytoscreen.ingest.headers.annotate`).
+HEADER_COLUMNS = (DTYPE, BIT_DEPTH, INTENSITY_SCALE)
 
 NOVELTY_SCORE = "Metadata_Novelty_Score"
 NOVELTY_PVALUE = "Metadata_Novelty_PValue"

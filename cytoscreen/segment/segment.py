@@ -22,9 +22,9 @@ the report, and adding them to a QC or profile table must never change the featu
 are every column not starting with ``Metadata_`` or ``QC_``).  ``segmentation.parquet`` is therefore
 not a profile table; it has no feature columns.
 
-:func:`segmented_qc` joins the readouts into the plate's QC table and adds ``QC_low_count``: a site
-whose nucleus count is a robust low outlier against the plate's QC-passed negcon sites,
-``(count - median) / (1.4826 MAD) < -low_count_z``.
+:func:`cytoscreen.segment.lowcount.segmented_qc` joins the readouts into the plate's QC table and
+adds ``QC_low_count``: a site whose nucleus count is a robust low outlier against the plate's
+QC-passed negcon sites, ``(count - median) / (1.4826 MAD) < -low_count_z``.
 """
 
 from __future__ import annotations
@@ -434,7 +434,3 @@ def segment_sites(
     if n_unreadable:
         logger.warning("%s: %d site(s) could not be read and have no counts", source, n_unreadable)
     return table
-
-
-# QC join and QC_low_count live in cytoscreen.segment.lowcount (re-exported here).
-from cytoscreen.segment.lowcount import flag_low_count, low_count_z, segmented_qc  # noqa: E402,F401

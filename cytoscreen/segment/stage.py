@@ -180,11 +180,12 @@ def segment_qc(
 ) -> pd.DataFrame:
     """Join a plate's counts into its QC table and add ``QC_low_count``; write ``out``, return it."""
     from cytoscreen.segment import segment as sg
+    from cytoscreen.segment.lowcount import segmented_qc
 
     qc = io.read_table(qc_path)
     seg = io.read_table(segmentation_path)
-    table = sg.segmented_qc(qc, seg, low_count_z=settings.low_count_z, reference=settings.reference,
-                            min_reference_sites=settings.min_reference_sites, source=str(segmentation_path))
+    table = segmented_qc(qc, seg, low_count_z=settings.low_count_z, reference=settings.reference,
+                         min_reference_sites=settings.min_reference_sites, source=str(segmentation_path))
     record = io.provenance(sg.STAGE, action="qc", config_hash=config_hash, qc=str(qc_path),
                            segmentation=str(segmentation_path), low_count_z=settings.low_count_z,
                            reference=settings.reference)

@@ -17,8 +17,8 @@ from scipy.stats import spearmanr
 from cytoscreen import io
 from cytoscreen.cli import main
 from cytoscreen.segment import crops as cr
+from cytoscreen.segment import lowcount
 from cytoscreen.segment import model as sm
-from cytoscreen.segment import segment as sg
 from tests.fixtures.segment import PLATE, ThresholdModel, ingest_plate, truth_counts, write_segment_config
 
 
@@ -111,7 +111,7 @@ def test_qc_join_and_low_count(chain):
     assert out[io.QC_LOW_COUNT].dtype == bool
     assert io.QC_LOW_COUNT in io.qc_columns(out) and io.feature_columns(out) == []
     # the flag is the robust z against the plate's QC-passed negcon sites, at the config's 2.0
-    z = sg.low_count_z(out)
+    z = lowcount.low_count_z(out)
     assert out[io.QC_LOW_COUNT].tolist() == (z < -2.0).tolist()
     # poscon (staurosporine: 0.3x cells) and full-dose cytotoxic wells have far fewer nuclei;
     # with ~12 cells per 128 px site, Poisson noise keeps some of them above the threshold

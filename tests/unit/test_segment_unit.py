@@ -83,14 +83,14 @@ def test_low_count_robust_z_against_negcon():
     counts = [100, 102, 98, 101, 99, 100, 40, 100, 70, None]
     pert = ["negcon"] * 6 + ["trt", "trt", "poscon", "trt"]
     table = _count_table(counts, pert)
-    z = sg.low_count_z(table)
+    z = lowcount.low_count_z(table)
     # median 100, MAD 1 -> scale 1.4826
     assert z.iloc[6] == pytest.approx((40 - 100) / 1.4826)
     assert z.iloc[7] == 0 and np.isnan(z.iloc[9])
-    out = sg.flag_low_count(table, z=3.0)
+    out = lowcount.flag_low_count(table, z=3.0)
     assert out[io.QC_LOW_COUNT].tolist() == [False] * 6 + [True, False, True, False]
     assert out[io.QC_LOW_COUNT].dtype == bool
-    assert not sg.flag_low_count(table, z=None)[io.QC_LOW_COUNT].any()
+    assert not lowcount.flag_low_count(table, z=None)[io.QC_LOW_COUNT].any()
     pd.testing.assert_frame_equal(table, _count_table(counts, pert))  # input not mutated
 
 
@@ -98,11 +98,11 @@ def test_low_count_reference_leaves_out_qc_failed_sites(caplog):
     counts = [100, 101, 99, 100, 5, 5, 5, 60]
     pert = ["negcon"] * 7 + ["trt"]
     flags = [False] * 4 + [True] * 3 + [False]  # three empty-looking negcon sites failed QC
-    out = sg.flag_low_count(_count_table(counts, pert, flags), z=3.0)
+    out = lowcount.flag_low_count(_count_table(counts, pert, flags), z=3.0)
     assert out[io.QC_LOW_COUNT].tolist() == [False] * 4 + [True] * 3 + [True]
     # with only 4 QC-passed negcon sites and min_reference_sites 5: no flags, a warning
     with caplog.at_level(logging.WARNING):
-        out = sg.flag_low_count(_count_table(counts, pert, flags), z=3.0, min_reference_sites=5)
+        out = lowcount.flag_low_count(_count_table(counts, pert, flags), z=3.0, min_reference_sites=5)
     assert not out[io.QC_LOW_COUNT].any() and "no QC_low_count flags" in caplog.text
 
 
@@ -112,7 +112,7 @@ def test_low_count_scale_falls_back_when_mad_is_zero():
     med, scale = lowcount._robust_scale(np.array([10, 10, 10, 10, 22.0]))
     assert med == 10 and scale == pytest.approx(1.2533 * 12 / 5)
     assert lowcount._robust_scale(np.array([9.0] * 4)) == (9.0, 3.0)
-    assert sg.low_count_z(table).iloc[5] == pytest.approx((4 - 10) / scale)
+    assert lowcount.low_count_z(table).iloc[5] == pytest.approx((4 - 10) / scale)
 
 
 def test_segmented_qc_joins_counts_keeps_qc_rows(caplog):
@@ -124,19 +124,19 @@ def test_segmented_qc_joins_counts_keeps_qc_rows(caplog):
                         io.COUNT_CELLS: pd.array([None] * 5, dtype="Int64"),
                         "Metadata_MeanArea_Nuclei": 10.0})
     with caplog.at_level(logging.WARNING):
-        out = sg.segmented_qc(qc, seg, low_count_z=3.0)
+        out = lowcount.segmented_qc(qc, seg, low_count_z=3.0)
     assert out[io.WELL].tolist() == qc[io.WELL].tolist()
     assert out[io.COUNT_NUCLEI].tolist()[:5] == [48, 50, 52, 50, 3] and out[io.COUNT_NUCLEI].isna().iloc[5]
     assert out[io.COUNT_NUCLEI].dtype == "Int64" and out[io.PERT_TYPE].tolist() == qc[io.PERT_TYPE].tolist()
     assert out[io.QC_LOW_COUNT].tolist() == [False] * 4 + [True, False]
     assert io.feature_columns(out) == [] and "no segmentation row" in caplog.text
     # an existing join is replaced, not duplicated
-    again = sg.segmented_qc(out, seg)
+    again = lowcount.segmented_qc(out, seg)
     assert list(again.columns) == list(out.columns)
     with pytest.raises(InputDataError, match="no site matches"):
-        sg.segmented_qc(qc, seg.assign(**{io.PLATE: "Q"}))
+        lowcount.segmented_qc(qc, seg.assign(**{io.PLATE: "Q"}))
     with pytest.raises(InputDataError, match="duplicate"):
-        sg.segmented_qc(qc, pd.concat([seg, seg]))
+        lowcount.segmented_qc(qc, pd.concat([seg, seg]))
 
 
 # --- settings and CLI defaults equal the schema --------------------------------------------------------
