@@ -209,6 +209,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "for novelty scoring, whose controls must not be those the sphering was fitted on")
     p.add_argument("--per-plate-dir", default=None, metavar="DIR",
                    help="also write DIR/<plate>/<OUTPUT file name> for each Metadata_Plate")
+    _option(p, "--streaming", "streaming", d, "read the inputs plate by plate instead of stacking "
+            "them: always, never, or auto (above 100,000 rows; see profiles/stream_stage.py)",
+            choices=("auto", "always", "never"))
 
     p = action("consensus", "one profile per treatment (perturbation x concentration)")
     _option(p, "--method", "consensus_method", d, "median or modz", choices=CONSENSUS_METHODS)
@@ -217,6 +220,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             choices=MODZ_CORRELATIONS)
     _option(p, "--modz-min-weight", "modz_min_weight", d, "smallest MODZ weight", type=float)
     _option(p, "--modz-precision", "modz_precision", d, "MODZ weight decimals", type=int)
+    _option(p, "--streaming", "streaming", d, "read the input a batch of rows at a time into "
+            "treatment buckets: always, never, or auto (above 100,000 rows)",
+            choices=("auto", "always", "never"))
 
     # the transforms that select runs after selection, one at a time (fits saved beside OUTPUT)
     p = action("spherize", "whiten every row with a transform fitted on the reference rows of "

@@ -201,6 +201,12 @@ def run_step(
         raise ConfigError(
             f"{output}: unknown table format; OUTPUT must end in .parquet, .csv or .tsv"
         )
+    from cytoscreen.profiles.stream_stage import run_streamed, use_streaming
+
+    if use_streaming(action, inputs, output, opts, selection):  # profiles.streaming
+        return run_streamed(action, inputs, output, opts, blocklist_file=blocklist_file,
+                            selection=selection, per_plate_dir=per_plate_dir,
+                            untransformed=untransformed, config_hash=config_hash)
     table = read_inputs(inputs)
     source = inputs[0] if len(inputs) == 1 else f"{len(inputs)} tables"
     if action == "aggregate":

@@ -1,0 +1,249 @@
+"""``cytoscreen profiles select`` and ``consensus`` streamed plate by plate (``profiles.streaming``).
+
+:func:`cytoscreen.profiles.stage.run_step` stacks every input into one table.  At campaign scale
+(thousands of plates) that table does not fit in memory, so with ``profiles.streaming`` ``always``,
+or ``auto`` above :data:`~cytoscreen.novelty.stream.STREAM_ABOVE_ROWS` input rows, the two
+screen-wide steps run here instead, on the same inputs and settings, with the same outputs:
+
+select
+    statistics streamed input by input (:func:`cytoscreen.profiles.streaming.stream_select`), then
+    each input read again, the selection applied and appended to OUTPUT (one row group per input,
+    so ``novelty score`` can read it plate by plate), ``--per-plate-dir`` and ``--untransformed``
+    written as it goes; ``<name>.selection.json`` / ``.tsv`` as in memory.  Exact as the in-memory
+    selection except the frequency rule above 50,000 rows (a uniform sample) and the correlation of
+    features with missing values (streaming.py's docstring).  Not streamed (``auto`` falls back to
+    memory, ``always`` is an error): ``normalize_scale: screen``, the fitted transforms (asinh,
+    spherize, pca, harmony) and ``corr_method: spearman``.
+consensus
+    the input read a batch of rows at a time into treatment buckets
+    (:func:`cytoscreen.profiles.streaming.stream_consensus`): exact, memory about one bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cytoscreen import io
+from cytoscreen.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Rows per bucket of the streamed consensus (64 MB of float32 at 1,280 features).
+BUCKET_ROWS = 12_500
+#: Rows per batch when a Parquet input is read in pieces.
+_BATCH_ROWS = 20_000
+
+
+def blocked(action: str, output: str, opts: Mapping[str, Any], selection=None) -> str | None:
+    """Why ``action`` cannot be streamed with these settings (None when it can)."""
+    if not output.lower().endswith(".parquet"):
+        return "OUTPUT is not .parquet"
+    if action == "consensus":
+        return None
+    from cytoscreen.profiles.transforms import TransformSettings
+
+    if opts["normalize_scale"] == "screen":
+        return "normalize_scale screen (the screen-wide scale needs every plate)"
+    enabled = TransformSettings.from_config(opts).enabled
+    if enabled:
+        return f"the screen-fitted transform(s) {', '.join(enabled)}"
+    if (not selection and "correlation_threshold" in opts["select_operations"]
+            and opts["corr_method"] != "pearson"):
+        return f"corr_method {opts['corr_method']} (rank correlations need the whole screen)"
+    return None
+
+
+def input_rows(inputs: Sequence[str]) -> int | None:
+    """Rows of all inputs from their Parquet footers (None when one is not Parquet)."""
+    from cytoscreen.novelty.stream import parquet_rows
+
+    total = 0
+    for path in inputs:
+        rows = parquet_rows(path) if Path(path).exists() else None
+        if rows is None:
+            return None
+        total += rows
+    return total
+
+
+def use_streaming(action: str, inputs: Sequence[str], output: str, opts: Mapping[str, Any],
+                  selection=None) -> bool:
+    """Whether ``profiles.streaming`` streams this select or consensus step (module docstring)."""
+    from cytoscreen.novelty.stream import STREAM_ABOVE_ROWS, check_mode
+
+    if action not in ("select", "consensus"):
+        return False
+    mode = check_mode(opts.get("streaming", "auto"), "profiles.streaming")
+    if mode == "never":
+        return False
+    reason = blocked(action, output, opts, selection)
+    rows = input_rows(inputs)
+    if mode == "always":
+        if reason or rows is None:
+            raise ConfigError(
+                f"profiles.streaming always: {action} cannot be streamed with "
+                f"{reason or 'inputs that are not Parquet'}; set profiles.streaming: auto or never"
+            )
+        return True
+    if rows is None or rows <= STREAM_ABOVE_ROWS:
+        return False
+    if reason:
+        logger.info("%d input rows, but %s is not streamed with %s: in memory", rows, action, reason)
+        return False
+    logger.info("%d input rows: %s streamed (profiles.streaming auto)", rows, action)
+    return True
+
+
+def _batches(paths: Sequence[str], batch_rows: int = _BATCH_ROWS) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        for i, batch in enumerate(pf.iter_batches(batch_size=batch_rows, use_pandas_metadata=True)):
+            yield f"{path} (batch {i})", batch.to_pandas()
+
+
+def run_streamed(
+    action: str,
+    inputs: Sequence[str],
+    output: str,
+    opts: Mapping[str, Any],
+    *,
+    blocklist_file=None,
+    selection=None,
+    per_plate_dir=None,
+    untransformed=None,
+    config_hash: str | None = None,
+) -> Path:
+    """Run select or consensus streamed; the same outputs as :func:`~cytoscreen.profiles.stage.run_step`."""
+    from cytoscreen.profiles.stage import _upstream
+
+    if action == "consensus":
+        return _consensus(inputs, output, opts, config_hash, _upstream(inputs[0]))
+    return _select(inputs, output, opts, blocklist_file, selection, per_plate_dir, untransformed,
+                   config_hash, _upstream(inputs[0]))
+
+
+def _consensus(inputs, output, opts, config_hash, upstream) -> Path:
+    import pyarrow.parquet as pq
+
+    from cytoscreen.profiles.consensus import resolve_treatment_columns
+    from cytoscreen.profiles.streaming import stream_consensus
+
+    first = pq.ParquetFile(inputs[0]).schema_arrow.empty_table().to_pandas()
+    by = resolve_treatment_columns(first, list(opts["consensus_by"]), source=inputs[0])
+    params = {
+        "method": opts["consensus_method"],
+        "by": list(opts["consensus_by"]),
+        "modz_method": opts["modz_method"],
+        "modz_min_weight": opts["modz_min_weight"],
+        "modz_precision": opts["modz_precision"],
+    }
+    rows = input_rows(inputs) or 0
+    n_buckets = max(1, min(1024, -(-rows // BUCKET_ROWS)))
+    spill = Path(output).with_name(f".{Path(output).name}.spill")
+    first_seen: dict[str, int] = {}  # treatments in order of first appearance, as in memory
+
+    def tables():
+        for name, df in _batches(inputs):
+            for label in dict.fromkeys(_labels(df, by)):
+                first_seen.setdefault(label, len(first_seen))
+            yield name, df
+
+    try:
+        out = stream_consensus(
+            tables(), spill, by=by, n_buckets=n_buckets, method=params["method"],
+            modz_method=params["modz_method"], modz_min_weight=params["modz_min_weight"],
+            modz_precision=params["modz_precision"],
+        )
+        order = np.argsort(_labels(out, by).map(first_seen).to_numpy(), kind="stable")
+        out = out.iloc[order].reset_index(drop=True)
+    finally:
+        for stale in spill.glob("bucket*.f32"):
+            stale.unlink()
+        if spill.exists():
+            spill.rmdir()
+    prov = io.provenance("profiles.consensus", parameters={**params, "streamed": n_buckets},
+                         config_hash=config_hash, inputs=list(inputs), upstream=upstream)
+    io.write_table(out, output, provenance=prov)
+    logger.info("wrote %s (%d treatments, streamed over %d buckets)", output, len(out), n_buckets)
+    return Path(output)
+
+
+def _labels(df, by: Sequence[str]):
+    """One string per row naming its treatment (the ``by`` values)."""
+    return df[list(by)].astype(str).agg("\x1f".join, axis=1) if len(by) > 1 else df[by[0]].astype(str)
+
+
+def _select(inputs, output, opts, blocklist_file, selection, per_plate_dir, untransformed,
+            config_hash, upstream) -> Path:
+    import json
+    from contextlib import ExitStack
+
+    from cytoscreen.novelty.stream import ParquetStream
+    from cytoscreen.profiles.select import apply_selection
+    from cytoscreen.profiles.stage import (
+        SCREEN_FITTED,
+        read_blocklist,
+        read_profiles,
+        selection_paths,
+        write_per_plate,
+    )
+    from cytoscreen.profiles.streaming import stream_select
+
+    json_path, tsv_path = selection_paths(output)
+    if selection:
+        try:
+            saved = json.loads(Path(selection).read_text(encoding="utf-8"))
+            kept = list(saved["kept"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{selection}: not a selection record ({err})") from err
+        params: dict[str, Any] = {"selection": str(selection)}
+        record: dict[str, Any] = {"applied_from": str(selection), "kept": kept}
+    else:
+        blocklist = list(opts["blocklist"] or [])
+        if blocklist_file:
+            blocklist += read_blocklist(blocklist_file)
+        params = {
+            "operations": list(opts["select_operations"]),
+            "samples": opts["select_samples"],
+            "freq_cut": opts["freq_cut"],
+            "unique_cut": opts["unique_cut"],
+            "corr_threshold": opts["corr_threshold"],
+            "corr_method": opts["corr_method"],
+            "na_cutoff": opts["na_cutoff"],
+            "outlier_cutoff": opts["outlier_cutoff"],
+            "blocklist": blocklist,
+        }
+        chosen = stream_select(inputs, read=read_profiles, **params)
+        kept = list(chosen.kept)
+        record = chosen.record()
+        io.write_table(chosen.table(), tsv_path)
+    params["streamed"] = True
+    prov = io.provenance("profiles.select", parameters=params, config_hash=config_hash,
+                         inputs=list(inputs), upstream=upstream)
+    with ExitStack() as stack:
+        out = stack.enter_context(ParquetStream(output, provenance=prov))
+        before = None
+        if untransformed:
+            if not str(untransformed).endswith(".parquet"):
+                raise ConfigError(f"{untransformed}: streamed select writes --untransformed as .parquet")
+            before = stack.enter_context(ParquetStream(untransformed, provenance={
+                **prov, "parameters": {**params, "before": list(SCREEN_FITTED)}}))
+        for path in inputs:
+            table = apply_selection(read_profiles(path), kept, source=str(path))
+            out.write(table)
+            if before is not None:
+                before.write(table)
+            if per_plate_dir:
+                write_per_plate(table, output, per_plate_dir, prov)
+            del table
+    io.write_json(record, json_path)
+    logger.info("wrote %s (%d rows x %d features, streamed from %d inputs) and %s", output,
+                out.rows, len(kept), len(inputs), json_path)
+    return Path(output)
