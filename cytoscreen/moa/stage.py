@@ -6,6 +6,13 @@ metadata from the consensus table, ``Metadata_Treatment`` (``<perturbation> @ <c
 only) and ``Metadata_Neighbor_<i>`` / ``Metadata_Neighbor_<i>_Similarity`` (cosine, most similar
 first).  Features stay out of it, so no tool can mistake coordinates or similarities for features;
 join on the treatment columns to get them back.
+
+``moa.knn`` chooses how neighbours are found: ``exact`` (all pairs, block-wise; hierarchical or
+Louvain clustering and UMAP's own neighbour search as configured), ``approximate`` (NN-descent,
+:func:`cytoscreen.moa.knn.cosine_knn`: the listed neighbours, Louvain on the Jaccard kNN graph of
+``graph_neighbors`` and UMAP on ``umap_neighbors`` precomputed neighbours, never an n x n matrix;
+hierarchical clustering needs one, so Louvain replaces it, logged), or ``auto`` (exact up to
+:data:`cytoscreen.moa.knn.EXACT_BELOW` treatments, approximate above).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from cytoscreen.moa.similarity import feature_matrix, nearest_neighbors
 from cytoscreen.plate import NEGCON, format_treatment
 
 logger = logging.getLogger(__name__)
+
+#: ``moa.knn`` values (module docstring).
+KNN_MODES = ("auto", "exact", "approximate")
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ def moa_table(
     umap_neighbors: int = 15,
     umap_min_dist: float = 0.1,
     seed: int = 0,
+    knn: str = "auto",
 ) -> MoaResult:
     """Cluster, embed and list the nearest neighbours of treatment profiles.
 
@@ -67,6 +78,8 @@ def moa_table(
         Nearest neighbours listed per treatment.
     umap_neighbors, umap_min_dist, seed
         UMAP settings and the seed of UMAP and Louvain.
+    knn
+        ``exact``, ``approximate`` or ``auto`` (module docstring).
     """
     if perturbation_col not in treatments.columns:
         raise InputDataError(f"treatments: column {perturbation_col!r} missing")
@@ -84,18 +97,26 @@ def moa_table(
             f"treatments: treatment {dup!r} appears more than once; the table must have one row "
             f"per perturbation x concentration"
         )
-    clustering = cluster_profiles(
-        treatments,
-        features=cols,
-        method=cluster_method,
-        n_clusters=n_clusters,
-        max_clusters=max_clusters,
-        n_neighbors=graph_neighbors,
-        resolution=resolution,
-        seed=seed,
-    )
-    coords = umap_embedding(treatments, features=cols, n_neighbors=umap_neighbors, min_dist=umap_min_dist, seed=seed)
-    nn = nearest_neighbors(treatments, labels=labels, features=cols, k=neighbors)
+    if _approximate(knn, len(treatments)):
+        clustering, coords, nn = _approximate_moa(
+            treatments, cols, labels, cluster_method=cluster_method, graph_neighbors=graph_neighbors,
+            resolution=resolution, neighbors=neighbors, umap_neighbors=umap_neighbors,
+            umap_min_dist=umap_min_dist, seed=seed,
+        )
+    else:
+        clustering = cluster_profiles(
+            treatments,
+            features=cols,
+            method=cluster_method,
+            n_clusters=n_clusters,
+            max_clusters=max_clusters,
+            n_neighbors=graph_neighbors,
+            resolution=resolution,
+            seed=seed,
+        )
+        coords = umap_embedding(treatments, features=cols, n_neighbors=umap_neighbors,
+                                min_dist=umap_min_dist, seed=seed)
+        nn = nearest_neighbors(treatments, labels=labels, features=cols, k=neighbors)
     meta = treatments[io.metadata_columns(treatments)].drop(
         columns=[io.TREATMENT, io.CLUSTER, io.UMAP_1, io.UMAP_2], errors="ignore"
     )
@@ -111,6 +132,53 @@ def moa_table(
     )
     table = pd.concat([meta, extra, nn], axis=1).reset_index(drop=True)
     return MoaResult(table=table, clustering=clustering)
+
+
+def _approximate(knn: str, n: int) -> bool:
+    from cytoscreen.moa.knn import EXACT_BELOW
+
+    if knn not in KNN_MODES:
+        raise ConfigError(f"moa.knn must be one of {', '.join(KNN_MODES)}, not {knn!r}")
+    return knn == "approximate" or (knn == "auto" and n > EXACT_BELOW)
+
+
+def _approximate_moa(treatments, cols, labels, *, cluster_method, graph_neighbors, resolution,
+                     neighbors, umap_neighbors, umap_min_dist, seed):
+    """Clusters, UMAP and neighbour columns from one NN-descent neighbour search."""
+    import numpy as np
+
+    from cytoscreen.moa.embed import _MIN_UMAP_ROWS, _pca_2d
+    from cytoscreen.moa.knn import cosine_knn, knn_clusters, knn_umap
+    from cytoscreen.moa.similarity import unit_rows
+
+    x, _ = feature_matrix(treatments, cols)
+    n = len(x)
+    want = max(neighbors, graph_neighbors, umap_neighbors - 1, 1)
+    idx, sim, _ = cosine_knn(x, want, exact_below=0, seed=seed)
+    k_eff = idx.shape[1]
+    if cluster_method == "hierarchical":
+        logger.info("moa.knn approximate: hierarchical clustering needs all pairs; Louvain on the "
+                    "kNN graph (graph_neighbors %d) instead", graph_neighbors)
+    g = max(1, min(graph_neighbors, k_eff))
+    labels_ = knn_clusters(idx[:, :g], resolution=resolution, seed=seed) + 1 if k_eff else np.ones(n, int)
+    clustering = Clustering(labels=labels_.astype(np.int64), n_clusters=int(labels_.max()) if n else 0,
+                            method="louvain", silhouette=None, silhouette_by_k={})
+    if n < _MIN_UMAP_ROWS or not k_eff:
+        coords = _pca_2d(unit_rows(x))
+    else:
+        u = max(1, min(umap_neighbors - 1, k_eff))
+        coords = knn_umap(x, idx[:, :u], sim[:, :u], min_dist=umap_min_dist, seed=seed)
+    names = np.asarray(list(labels), dtype=object)
+    out: dict[str, object] = {}
+    for rank in range(1, neighbors + 1):
+        if rank <= k_eff:
+            out[io.neighbor_column(rank)] = names[idx[:, rank - 1]]
+            out[io.neighbor_similarity_column(rank)] = sim[:, rank - 1]
+        else:
+            out[io.neighbor_column(rank)] = np.full(n, None, dtype=object)
+            out[io.neighbor_similarity_column(rank)] = np.full(n, np.nan)
+    logger.info("approximate MoA (NN-descent): %d treatments, %d clusters", n, clustering.n_clusters)
+    return clustering, coords, pd.DataFrame(out, index=treatments.index)
 
 
 def cluster_agreement(
@@ -156,6 +224,7 @@ class MoaSettings:
     umap_neighbors: int = 15
     umap_min_dist: float = 0.1
     seed: int = 0
+    knn: str = "auto"
     batch_column: str = io.BATCH
     batch_regex: str | None = None
     null_size: int = 10000
@@ -226,7 +295,7 @@ def screen_moa(
         treatments, features=features, cluster_method=s.cluster_method, n_clusters=s.n_clusters,
         max_clusters=s.max_clusters, graph_neighbors=s.graph_neighbors, resolution=s.resolution,
         neighbors=s.neighbors, umap_neighbors=s.umap_neighbors, umap_min_dist=s.umap_min_dist,
-        seed=s.seed,
+        seed=s.seed, knn=s.knn,
     )
     has_moa = io.MOA in wells.columns and wells[io.MOA].notna().any()
     batch_col = s.batch_column if s.batch_column in wells.columns else None
