@@ -18,9 +18,10 @@ Then each step runs in its own child process (wall, CPU and peak RSS from ``os.w
 ``consensus``
     :func:`cytoscreen.profiles.streaming.stream_consensus` (treatment buckets, product consensus).
 ``novelty``
-    ``cytoscreen.novelty`` training on the screen's negcon wells (gathered plate by plate) and
-    ``score_profiles`` of every well of the screen (one table: the well scores need screen-wide
-    control calibration).
+    ``cytoscreen.novelty`` training on the screen's negcon wells (gathered plate by plate), then
+    :func:`cytoscreen.novelty.stream.score_plates`: every plate scored in turn, its residuals
+    appended to ``residuals.parquet``, p-values / q-values / robust z from the per-well scores at the
+    end (``--novelty-in-memory``: ``score_profiles`` of the whole screen in one table).
 ``moa``
     :mod:`cytoscreen.moa.knn` on the consensus: cosine kNN (exact below 20,000 treatments,
     NN-descent above), Louvain on the sparse kNN graph, UMAP on the same neighbours.
@@ -169,12 +170,14 @@ def step_consensus(workdir: Path) -> dict:
     return {"treatments": len(out)}
 
 
-def step_novelty(workdir: Path, *, max_controls: int = 20_000, epochs: int = 5) -> dict:
+def step_novelty(workdir: Path, *, max_controls: int = 20_000, epochs: int = 5,
+                 streamed: bool = True) -> dict:
     import pandas as pd
 
     from cytoscreen import io
     from cytoscreen.novelty.score import score_profiles
     from cytoscreen.novelty.settings import NoveltySettings
+    from cytoscreen.novelty.stream import ParquetStream, score_plates
     from cytoscreen.novelty.train import train
     from cytoscreen.plate import negcon_mask
 
@@ -193,10 +196,20 @@ def step_novelty(workdir: Path, *, max_controls: int = 20_000, epochs: int = 5) 
     t0 = time.perf_counter()
     result = train(controls, settings=settings, root_dir=workdir / "novelty_train")
     train_s = time.perf_counter() - t0
-    wells = pd.concat([io.read_table(p) for p in paths], ignore_index=True)
-    scores = score_profiles(wells, result.crossfit)
-    scores.novelty.to_parquet(workdir / "novelty.parquet", index=False)
-    return {"train_rows": len(controls), "train_s": round(train_s, 1), "scored_wells": len(wells),
+    t0 = time.perf_counter()
+    if streamed:  # one plate at a time; residuals written plate by plate
+        with ParquetStream(workdir / "residuals.parquet") as out:
+            scores = score_plates(_plate_tables(paths), result.crossfit, residuals=out.write)
+        n_wells = out.rows
+    else:
+        wells = pd.concat([io.read_table(p) for p in paths], ignore_index=True)
+        scores = score_profiles(wells, result.crossfit)
+        io.write_parquet(scores.residuals, workdir / "residuals.parquet")
+        n_wells = len(wells)
+        del wells
+    io.write_parquet(scores.novelty, workdir / "novelty.parquet")
+    return {"train_rows": len(controls), "train_s": round(train_s, 1), "scored_wells": n_wells,
+            "score_s": round(time.perf_counter() - t0, 1), "streamed": streamed,
             "hits": scores.n_hits, "pvalue_method": scores.pvalue_method}
 
 
@@ -251,13 +264,15 @@ def step_report(workdir: Path) -> dict:
 
 
 # --- driver --------------------------------------------------------------------------------------
-def _child(step: str, workdir: Path, knn_exact_below: int | None = None) -> None:
+def _child(step: str, workdir: Path, knn_exact_below: int | None = None,
+           novelty_streamed: bool = True) -> None:
     import functools
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     fn = {"generate": None, "select": step_select, "consensus": step_consensus,
-          "novelty": step_novelty, "report": step_report,
+          "novelty": functools.partial(step_novelty, streamed=novelty_streamed),
+          "report": step_report,
           "moa": functools.partial(step_moa, exact_below=knn_exact_below)}[step]
     info = fn(workdir) if fn else {}
     print(json.dumps(info))
@@ -292,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--knn-exact-below", type=int, default=None,
                         help="treatments up to which the MoA kNN is exact (default: "
                         "cytoscreen.moa.knn.EXACT_BELOW, 20,000); 0 forces NN-descent")
+    parser.add_argument("--novelty-in-memory", action="store_true",
+                        help="score novelty on the whole screen in one table (default: streamed)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -299,13 +316,15 @@ def main(argv: list[str] | None = None) -> int:
             generate(args.workdir, args.plates)
             print("{}")
         else:
-            _child(args.child, args.workdir, args.knn_exact_below)
+            _child(args.child, args.workdir, args.knn_exact_below, not args.novelty_in_memory)
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(args.workdir),
           "--plates", str(args.plates)]
     if args.knn_exact_below is not None:
         me += ["--knn-exact-below", str(args.knn_exact_below)]
+    if args.novelty_in_memory:
+        me += ["--novelty-in-memory"]
     record: dict = {"benchmark": "campaign", "plates": args.plates, "wells": args.plates * WELLS,
                     "features": FEATURES, "screen_gb_float32": round(args.plates * WELLS * FEATURES
                                                                       * 4 / 1e9, 2)}
