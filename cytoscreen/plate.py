@@ -15,7 +15,8 @@ Failed sites (:func:`qc_failed`)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,6 +150,19 @@ def frame_column(channel: str) -> str:
     return f"frame_{channel}"
 
 
+def scale_column(channel: str) -> str:
+    """Column of :func:`sites_from_images` holding ``channel``'s ``intensity_scale`` (only when the
+    table records a rescale, ``ingest.on_mixed_bit_depth: rescale``)."""
+    return f"scale_{channel}"
+
+
+def read_site_image(site: Mapping[str, Any], channel: str) -> np.ndarray:
+    """``channel``'s image of one :func:`sites_from_images` row, with its ``intensity_scale``
+    applied (:func:`cytoscreen.io.apply_intensity_scale`: float32 when rescaled)."""
+    img = io.read_image(site[path_column(channel)], int(site[frame_column(channel)]))
+    return io.apply_intensity_scale(img, float(site.get(scale_column(channel), 1.0)))
+
+
 def site_sort_keys(df: pd.DataFrame) -> list[str]:
     """Plate, row, column, well, site when the table has row/column, else plate, well, site."""
     if io.ROW in df.columns and io.COL in df.columns:
@@ -171,7 +185,9 @@ def sites_from_images(
 
     Columns: the site keys, every other ``Metadata_*`` column constant within each site, then
     :func:`path_column` / :func:`frame_column` per channel (frames int64, -1 when the table has no
-    ``frame`` column).  Rows are sorted by :func:`site_sort_keys`.
+    ``frame`` column), and :func:`scale_column` per channel when some image's ``intensity_scale``
+    is not 1 (read the images with :func:`read_site_image`).  Rows are sorted by
+    :func:`site_sort_keys`.
 
     Parameters
     ----------
@@ -227,10 +243,14 @@ def sites_from_images(
         varying = grouped[others].nunique(dropna=False).max()
         others = [c for c in others if int(varying.get(c, 0)) <= 1]
     sites = grouped[others].first() if others else grouped.size().to_frame().iloc[:, :0]
-    by_channel = df.set_index([*keys, io.CHANNEL])[[io.PATH, io.FRAME]].unstack(io.CHANNEL)
+    rescaled = io.INTENSITY_SCALE in df.columns and bool((df[io.INTENSITY_SCALE] != 1.0).any())
+    pivot = [io.PATH, io.FRAME, io.INTENSITY_SCALE] if rescaled else [io.PATH, io.FRAME]
+    by_channel = df.set_index([*keys, io.CHANNEL])[pivot].unstack(io.CHANNEL)
     for ch in chans:
         sites[path_column(ch)] = by_channel[(io.PATH, ch)].reindex(sites.index)
         sites[frame_column(ch)] = by_channel[(io.FRAME, ch)].reindex(sites.index)
+        if rescaled:
+            sites[scale_column(ch)] = by_channel[(io.INTENSITY_SCALE, ch)].reindex(sites.index).astype(np.float64)
     sites = sites.reset_index()
 
     holes = sites[[path_column(ch) for ch in chans]].isna().to_numpy()

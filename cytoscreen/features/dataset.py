@@ -31,6 +31,7 @@ from cytoscreen.plate import (
     negcon_rule,
     path_column,
     qc_failed,
+    scale_column,
     site_sort_keys,
     sites_from_images,
 )
@@ -115,9 +116,12 @@ def build_site_table(
     chans = tuple(channels) if channels else tuple(dict.fromkeys(images[io.CHANNEL].astype(str)))
     path_cols = [path_column(c) for c in chans]
     frame_cols = [frame_column(c) for c in chans]
+    scale_cols = [scale_column(c) for c in chans if scale_column(c) in sites.columns]
     paths = sites[path_cols].to_numpy(object)
     frames = sites[frame_cols].to_numpy(np.int64)
-    sites = sites.drop(columns=[*path_cols, *frame_cols])
+    # intensity_scale per site and channel (ingest.on_mixed_bit_depth: rescale); None when all are 1
+    scales = sites[[scale_column(c) for c in chans]].to_numpy(np.float64) if scale_cols else None
+    sites = sites.drop(columns=[*path_cols, *frame_cols, *scale_cols])
     keys = list(io.SITE_KEYS)
 
     skipped = sites.iloc[0:0][keys]
@@ -125,31 +129,20 @@ def build_site_table(
         sites, keep = _join_qc(sites, qc, keys, source=source, qc_source=qc_source)
         skipped = sites.loc[~keep, keys].reset_index(drop=True)
         sites, paths, frames = sites[keep], paths[keep], frames[keep]
+        scales = None if scales is None else scales[keep]
 
     order = sites.sort_values(site_sort_keys(sites), kind="stable").index.to_numpy()
     pos = sites.index.get_indexer(order)
     sites = sites.loc[order].reset_index(drop=True)
     paths, frames = paths[pos], frames[pos]
+    scales = None if scales is None else scales[pos]
     if sites.empty:
         raise InputDataError(
             f"{source}: no site left to embed ({len(skipped)} flagged {UNREADABLE}); check the "
             f"images and {qc_source}"
         )
     return SiteTable(sites=sites, channels=chans, paths=paths, frames=frames, skipped=skipped,
-                     scales=_intensity_scales(images, paths, frames), dtype=_one_dtype(images, chans))
-
-
-def _intensity_scales(images: pd.DataFrame, paths: np.ndarray, frames: np.ndarray) -> np.ndarray | None:
-    """``intensity_scale`` per site and channel, looked up by (path, frame); None when all are 1."""
-    if io.INTENSITY_SCALE not in images.columns:
-        return None
-    scale = images[io.INTENSITY_SCALE].to_numpy(np.float64)
-    if np.all(scale == 1.0):
-        return None
-    frame = images[io.FRAME].to_numpy(np.int64) if io.FRAME in images.columns else np.full(len(images), -1)
-    lookup = dict(zip(zip(images[io.PATH].astype(str), frame.tolist(), strict=True), scale.tolist(), strict=True))
-    return np.array([[lookup.get((str(p), int(f)), 1.0) for p, f in zip(prow, frow, strict=True)]
-                     for prow, frow in zip(paths, frames, strict=True)], dtype=np.float64).reshape(paths.shape)
+                     scales=scales, dtype=_one_dtype(images, chans))
 
 
 def _one_dtype(images: pd.DataFrame, channels: Sequence[str]) -> str | None:

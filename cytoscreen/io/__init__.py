@@ -80,6 +80,7 @@ from cytoscreen.io.columns import (
 from cytoscreen.io.images import (
     Z_MAX_FRAME,
     ImageHeader,
+    apply_intensity_scale,
     image_dtype_max,
     image_full_scale,
     is_zarr_array,
@@ -115,7 +116,7 @@ __all__ = [
     "metadata_columns", "qc_columns", "feature_columns", "check_numeric_features", "row_letters_to_index",
     "row_index_to_letters", "normalize_well", "well_from_row_col", "split_well", "PLATE_SHAPES",
     "config_hash", "sha256_file", "provenance", "atomic_path", "write_text", "write_json", "json_safe",
-    "PROVENANCE_KEY", "write_parquet", "write_table", "read_table", "read_provenance", "is_zarr_array",
-    "read_image", "Z_MAX_FRAME", "z_max_frame", "ImageHeader", "read_image_header", "tiff_channel_count",
-    "image_dtype_max", "image_full_scale",
+    "PROVENANCE_KEY", "write_parquet", "write_table", "read_table", "read_provenance",
+    "apply_intensity_scale", "is_zarr_array", "read_image", "Z_MAX_FRAME", "z_max_frame", "ImageHeader",
+    "read_image_header", "tiff_channel_count", "image_dtype_max", "image_full_scale",
 ]

@@ -91,6 +91,20 @@ def read_image(path: str | os.PathLike, frame: int = -1) -> np.ndarray:
     return img
 
 
+def apply_intensity_scale(img: np.ndarray, scale: float) -> np.ndarray:
+    """``img`` times its ``intensity_scale`` (:data:`cytoscreen.io.INTENSITY_SCALE`) as float32;
+    ``img`` itself when the scale is 1.
+
+    The scale is what ``ingest.on_mixed_bit_depth: rescale`` records per image so that a plate
+    mixing bit depths shares one full scale (257 for an 8-bit image among 16-bit ones).  Every
+    reader of pixel values for display or measurement applies it through this function.
+    """
+    scale = float(scale)
+    if scale == 1.0:
+        return img
+    return np.asarray(img, dtype=np.float32) * np.float32(scale)
+
+
 #: ``frame`` of the maximum projection over z of channel 0 of a z-stack TIFF; channel ``c`` is
 #: ``Z_MAX_FRAME - c`` (see :func:`z_max_frame`).
 Z_MAX_FRAME = -2

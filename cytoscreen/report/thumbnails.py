@@ -1,6 +1,7 @@
 """Small contrast-stretched multi-channel composite thumbnails of sites, as ``data:`` URIs.
 
-Each channel is read with :func:`cytoscreen.io.read_image`, reduced (box filter) to at most
+Each channel is read with :func:`cytoscreen.io.read_image` (times its ``intensity_scale``, so a
+rescaled 8-bit site looks like its 16-bit twin), reduced (box filter) to at most
 ``size_px`` on its long side, mapped linearly from its limits ``(lo, hi)`` to 0..1 and added in
 its colour; the sum is clipped and encoded as JPEG or PNG.  Limits are either the plate's
 (``plate``: the median over QC-passed negcon sites of each channel's median intensity and 99.9th
@@ -184,7 +185,10 @@ def site_thumbnail(
             if ch not in by_channel:
                 continue
             rec = by_channel[ch]
-            raw = io.read_image(rec[io.PATH], int(rec[io.FRAME]) if io.FRAME in rec.index else -1)
+            raw = io.apply_intensity_scale(
+                io.read_image(rec[io.PATH], int(rec[io.FRAME]) if io.FRAME in rec.index else -1),
+                float(rec.get(io.INTENSITY_SCALE, 1.0)),
+            )
             if ch in limits:
                 lim = limits[ch]
             else:

@@ -4,7 +4,8 @@ Crops
     For every nucleus of a site (its label image from ``segment run --masks``), a fixed
     ``size_px`` square of every crop channel centred on the nucleus centroid; crops reaching past
     the image edge are zero-padded (``Metadata_Crop_Padded``), so a plate has exactly one crop per
-    nucleus.  Crops keep the images' dtype and go into one Zarr array per plate of shape
+    nucleus.  Crops keep the images' dtype (a rescaled image, ``intensity_scale``, is rounded into
+    the type of the channel's full-scale images) and go into one Zarr array per plate of shape
     ``(cells, channels, size_px, size_px)`` (attributes: ``channels``, ``size_px``, ``plate``),
     written in whole chunks and renamed into place when complete.  The index table
     (``crops.parquet``) has one row per crop, in array order: the site's ``Metadata_*`` columns,
@@ -41,6 +42,7 @@ import pandas as pd
 
 from cytoscreen import io, plate, stats
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.plate import read_site_image
 from cytoscreen.segment.segment import mask_path, write_mask  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -182,6 +184,18 @@ class CropWriter:
 LabelReader = Callable[[Mapping[str, Any]], "np.ndarray | None"]
 
 
+def as_crop_dtype(stack: np.ndarray, dtype: Any) -> np.ndarray:
+    """``stack`` in the crop array's ``dtype``: rescaled (float) values of an integer array are
+    rounded and clipped to the type's range, so a rescaled 8-bit site crops as its 16-bit twin."""
+    dtype = np.dtype(dtype)
+    if stack.dtype == dtype:
+        return stack
+    if np.issubdtype(dtype, np.integer) and not np.issubdtype(stack.dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(stack), info.min, info.max).astype(dtype)
+    return stack.astype(dtype)
+
+
 def crop_sites(
     sites: pd.DataFrame,
     labels_for: LabelReader,
@@ -216,7 +230,7 @@ def crop_sites(
             n_no_mask += 1
             continue
         try:
-            stack = np.stack([io.read_image(row[f"path_{ch}"], int(row[f"frame_{ch}"])) for ch in channels])
+            stack = as_crop_dtype(np.stack([read_site_image(row, ch) for ch in channels]), writer.dtype)
         except (InputDataError, ValueError) as err:
             logger.warning("%s: site not cropped: %s", source, err)
             n_unreadable += 1

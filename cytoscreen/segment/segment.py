@@ -43,6 +43,7 @@ import pandas as pd
 
 from cytoscreen import io, plate, stats
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.plate import read_site_image
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ class SegmentSettings:
 # --- site table ------------------------------------------------------------------------------------
 def site_table(images: pd.DataFrame, channels: Sequence[str], *, source: str = "images") -> pd.DataFrame:
     """One row per site: its ``Metadata_*`` columns plus ``path_<Channel>`` / ``frame_<Channel>``
-    (:func:`cytoscreen.plate.sites_from_images`), sorted by plate, row, column and site.
+    (and ``scale_<Channel>`` for a rescaled plate; :func:`cytoscreen.plate.sites_from_images`),
+    sorted by plate, row, column and site.  Read its images with
+    :func:`cytoscreen.plate.read_site_image`, which applies the ``intensity_scale``.
 
     Raises
     ------
@@ -154,15 +157,7 @@ def site_table(images: pd.DataFrame, channels: Sequence[str], *, source: str = "
                 f"the image table (channels: {', '.join(present)}); set `segment.nuclei_channel` / "
                 f"`segment.cell_channel` to one of those"
             )
-    sites = plate.sites_from_images(images, list(channels), source=source, key="the segment config")
-    if io.INTENSITY_SCALE in images.columns and not (images[io.INTENSITY_SCALE] == 1.0).all():
-        frame = images[io.FRAME] if io.FRAME in images.columns else pd.Series(-1, index=images.index)
-        lookup = dict(zip(zip(images[io.PATH].astype(str), frame.astype(int), strict=True),
-                          images[io.INTENSITY_SCALE].astype(float), strict=True))
-        for ch in channels:  # ingest.on_mixed_bit_depth: rescale; _read applies it
-            sites[f"scale_{ch}"] = [lookup.get((str(p), int(f)), 1.0)
-                                    for p, f in zip(sites[f"path_{ch}"], sites[f"frame_{ch}"], strict=True)]
-    return sites
+    return plate.sites_from_images(images, list(channels), source=source, key="the segment config")
 
 
 def qc_flagged(sites: pd.DataFrame, qc: pd.DataFrame | None, column: str | None = None) -> np.ndarray:
@@ -290,13 +285,6 @@ def _as_float(img: np.ndarray) -> np.ndarray:
     return x
 
 
-def _read(row: Mapping[str, Any], channel: str) -> np.ndarray:
-    """The channel's image, times its ``scale_<channel>`` (``intensity_scale``) when not 1."""
-    img = io.read_image(row[f"path_{channel}"], int(row[f"frame_{channel}"]))
-    scale = float(row.get(f"scale_{channel}", 1.0))
-    return img if scale == 1.0 else img.astype(np.float32) * np.float32(scale)
-
-
 def diameter_sample(sites: pd.DataFrame, *, qc: pd.DataFrame | None = None, n_sites: int = 8,
                     reference: str = "negcon") -> pd.DataFrame:
     """Up to ``n_sites`` QC-passed reference (negcon) sites spread over the plate (any sites if none)."""
@@ -333,8 +321,8 @@ def fit_diameters(segmenter: Segmenter, sample: pd.DataFrame, *, nuclei_channel:
     n_masks, c_masks = [], []
     for row in sample.to_dict(orient="records"):
         try:
-            dna = _read(row, nuclei_channel)
-            cyto = _read(row, cell_channel) if need_c else None
+            dna = read_site_image(row, nuclei_channel)
+            cyto = read_site_image(row, cell_channel) if need_c else None
         except InputDataError as err:
             logger.warning("diameter estimate: skipped a site (%s)", err)
             continue
@@ -406,8 +394,8 @@ def segment_sites(
         out = _empty_readouts()
         if not skip[i]:
             try:
-                dna = _read(row, nuclei_channel)
-                cyto = _read(row, cell_channel) if cell_channel else None
+                dna = read_site_image(row, nuclei_channel)
+                cyto = read_site_image(row, cell_channel) if cell_channel else None
             except InputDataError as err:
                 logger.warning("%s: site not segmented: %s", source, err)
                 n_unreadable += 1

@@ -245,11 +245,21 @@ def crop_plate(
 
 
 def _crop_dtype(sites, channels):
-    """dtype of the crop array: that of the images of the first readable site (all channels)."""
+    """dtype of the crop array: that of the images of the first readable site (all channels) that
+    is not rescaled (``intensity_scale`` 1, the channel's full-scale type); float32 when every site
+    is rescaled."""
     import numpy as np
 
+    from cytoscreen.plate import scale_column
+
+    rescaled = np.zeros(len(sites), dtype=bool)
+    for ch in channels:
+        if scale_column(ch) in sites.columns:
+            rescaled |= sites[scale_column(ch)].to_numpy(np.float64) != 1.0
+    if len(sites) and rescaled.all():
+        return np.dtype(np.float32)
     errors = []
-    for row in sites.head(8).to_dict(orient="records"):
+    for row in sites[~rescaled].head(8).to_dict(orient="records"):
         try:
             return np.result_type(*[io.read_image(row[f"path_{ch}"], int(row[f"frame_{ch}"])).dtype
                                     for ch in channels])

@@ -1,5 +1,6 @@
 """Preprocessing per batch where the backbone runs (``preprocess.fit_batch``) against the per-site
-worker path, a hand-written bare forward, and ``intensity_scale`` (rescaled 8-bit sites)."""
+worker path, a hand-written bare forward, and ``intensity_scale`` (rescaled 8-bit sites; the other
+readers' twin tests are in test_intensity_scale.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from cytoscreen.backbones import create_backbone
 from cytoscreen.features import preprocess as pp
 from cytoscreen.features.dataset import PlaneCollate, SiteDataset, build_site_table
 from cytoscreen.features.embed import FeatureSettings, extract_features
-from cytoscreen.segment import segment as seg
-from tests.fixtures.features import make_plate
+from tests.fixtures.features import make_plate, twin_plates
 
 TINY = FeatureSettings(backbone="test_tiny", num_workers=0, batch_size=3, accelerator="cpu")
 
@@ -91,29 +91,9 @@ def test_stage_embeddings_equal_a_bare_forward(tmp_path):
         np.testing.assert_allclose(got, expect, atol=1e-4, rtol=0)
 
 
-def _twin_plates(tmp_path):
-    """The same plate twice: all 16-bit, and with well A02 as 8-bit files (values / 257) plus
-    ``intensity_scale`` 257, what ``ingest.on_mixed_bit_depth: rescale`` records."""
-    def draw(rng, well, pert_type):  # 16-bit values that are exact multiples of 257
-        amp = {"negcon": 60, "trt": 120, "poscon": 200}[pert_type]
-        return rng.integers(0, amp, (2, 48, 48)).astype(np.float32) * 257
-
-    images, qc = make_plate(tmp_path / "img", size=48, sites=1, draw=draw)
-    images[io.INTENSITY_SCALE] = 1.0
-    mixed = images.copy()
-    eight = mixed[io.WELL] == "A02"
-    for i in np.flatnonzero(eight):
-        src = mixed[io.PATH].iloc[i]
-        dst = src.replace(".tif", "_8bit.tif")
-        tifffile.imwrite(dst, (tifffile.imread(src) // 257).astype(np.uint8))
-        mixed.iloc[i, mixed.columns.get_loc(io.PATH)] = dst
-    mixed.loc[eight, io.INTENSITY_SCALE] = 65535.0 / 255.0
-    return images, mixed, qc
-
-
 @pytest.mark.parametrize("device_preprocess", [False, True])
 def test_rescaled_8bit_site_gives_the_features_of_its_16bit_twin(tmp_path, device_preprocess):
-    images, mixed, qc = _twin_plates(tmp_path)
+    images, mixed, qc = twin_plates(tmp_path / "img")
     settings = dataclasses.replace(TINY, illum_correction=True, illum_sigma_px=6.0)
     twin = _run(images, qc, tmp_path / "a.parquet", settings, device_preprocess=device_preprocess)
     rescaled = _run(mixed, qc, tmp_path / "b.parquet", settings, device_preprocess=device_preprocess)
@@ -121,15 +101,6 @@ def test_rescaled_8bit_site_gives_the_features_of_its_16bit_twin(tmp_path, devic
     ignored = _run(mixed.drop(columns=[io.INTENSITY_SCALE]), qc, tmp_path / "c.parquet", settings,
                    device_preprocess=device_preprocess)
     assert np.abs(ignored - twin).max() > 1e-2  # without the scale the 8-bit well looks dark
-
-
-def test_segment_reader_applies_intensity_scale(tmp_path):
-    images, mixed, _ = _twin_plates(tmp_path)
-    a = seg.site_table(images, ["DNA"])
-    b = seg.site_table(mixed, ["DNA"])
-    assert "scale_DNA" not in a.columns
-    for i in range(len(a)):
-        np.testing.assert_array_equal(seg._read(b.iloc[i], "DNA"), seg._read(a.iloc[i], "DNA").astype(np.float32))
 
 
 @pytest.mark.gpu
