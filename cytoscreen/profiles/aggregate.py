@@ -22,7 +22,7 @@ import pandas as pd
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.plate import qc_failed
-from cytoscreen.profiles.arrays import check_finite, feature_matrix, with_features
+from cytoscreen.profiles.arrays import check_finite, feature_matrix, nonfinite_columns, with_features
 from cytoscreen.profiles.columns import N_SITES_QC_FAILED, check_unique, resolve_by, resolve_features, shown
 from cytoscreen.profiles.groups import first_rows, group_codes, group_label, group_metadata, group_reduce
 
@@ -138,9 +138,10 @@ def aggregate(
         )
     kept_rows = sites.loc[keep] if not keep.all() else sites
     x = feature_matrix(kept_rows, cols)
-    check_finite(x, cols, source=source)
+    nan_cols = nonfinite_columns(x)
+    check_finite(x, cols, source=source, suspect=nan_cols)
     codes, n_groups = group_codes(kept_rows, by)
-    reduced = group_reduce(x, codes, n_groups, method)
+    reduced = group_reduce(x, codes, n_groups, method, nan_cols=nan_cols)
     n_sites = np.bincount(codes, minlength=n_groups)
 
     out_meta, first = group_metadata(kept_rows, codes, n_groups, by=by,

@@ -82,13 +82,15 @@ def nonfinite_columns(x: np.ndarray) -> np.ndarray:
 
 
 def check_finite(
-    x: np.ndarray, cols: Sequence[str], *, source: str, allow_nan: bool = True
+    x: np.ndarray, cols: Sequence[str], *, source: str, allow_nan: bool = True,
+    suspect: np.ndarray | None = None,
 ) -> int:
     """Count missing values (logged); raise on infinite ones (and on NaN unless ``allow_nan``).
 
-    Returns the number of NaN values.
+    ``suspect`` is :func:`nonfinite_columns` of ``x`` when the caller has it.  Returns the number
+    of NaN values.
     """
-    suspect = nonfinite_columns(x)
+    suspect = nonfinite_columns(x) if suspect is None else suspect
     if not suspect.any():
         return 0
     idx = np.flatnonzero(suspect)
@@ -128,7 +130,16 @@ def with_features(
     if not values.flags.writeable:  # a view of the input table: the output gets its own copy
         values = values.copy()
     feats = pd.DataFrame(values, columns=pd.Index(list(cols)), copy=False)
-    return pd.concat([meta, feats], axis=1)
+    if len(meta.columns) > _MAX_INSERTS or len(meta) != len(feats) or set(meta.columns) & set(cols):
+        return pd.concat([meta, feats], axis=1)
+    # metadata inserted in front: the features stay the one block given (pd.concat copies it)
+    for i, col in enumerate(meta.columns):
+        feats.insert(i, col, meta[col])
+    return feats
+
+
+#: More metadata columns than this are joined with ``pd.concat`` (each insert adds a pandas block).
+_MAX_INSERTS = 64
 
 
 def replace_features(

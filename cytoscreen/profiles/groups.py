@@ -50,11 +50,14 @@ def constant_columns(
     """Split ``cols`` into those constant within every group and those that vary."""
     if not cols:
         return [], []
-    frame = df.loc[:, list(cols)].copy()
-    frame["__group"] = codes
-    nunique = frame.groupby("__group", sort=False).nunique(dropna=False)
-    varying = nunique.columns[(nunique > 1).any(axis=0)].tolist()
-    vary = set(varying)
+    if len(df) == 0:
+        return list(cols), []
+    first_of_row = first_rows(codes, n_groups)[codes]
+    vary = set()
+    for c in cols:  # a value differs from its group's first (NaN equals NaN, as nunique(dropna=False))
+        values = pd.factorize(df[c], use_na_sentinel=False)[0]
+        if np.any(values != values[first_of_row]):
+            vary.add(c)
     return [c for c in cols if c not in vary], [c for c in cols if c in vary]
 
 
@@ -86,12 +89,18 @@ def group_metadata(
         )
     first = first_rows(codes, n_groups)
     cols = [b for b in by if b not in set(meta)] + [m for m in meta if m in keep]
-    out = df.iloc[first].loc[:, cols].reset_index(drop=True)
+    out = df.loc[:, cols].iloc[first].reset_index(drop=True)  # columns first: no feature copy
     return out, first
 
 
-def group_reduce(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) -> np.ndarray:
+def group_reduce(
+    x: np.ndarray, codes: np.ndarray, n_groups: int, method: str, *,
+    nan_cols: np.ndarray | None = None,
+) -> np.ndarray:
     """Per-group median or mean of the rows of ``x`` (NaN skipped, as pandas does).
+
+    ``nan_cols`` is :func:`~cytoscreen.profiles.arrays.nonfinite_columns` of ``x`` when the caller
+    has it (one pass over the matrix less).
 
     Rows are handled in blocks of whole groups, so temporary copies are bounded by the block size.
     Groups of equal size ``k`` are reduced together by a median-selection network over their ``k``
@@ -107,7 +116,7 @@ def group_reduce(x: np.ndarray, codes: np.ndarray, n_groups: int, method: str) -
     order = np.argsort(codes, kind="stable")
     sorted_already = bool(np.all(order == np.arange(n)))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    nan_cols = nonfinite_columns(x)
+    nan_cols = nonfinite_columns(x) if nan_cols is None else nan_cols
     rows_per_block = max(int(counts.max()), _BLOCK_VALUES // max(f, 1))
     g0 = 0
     while g0 < n_groups:
