@@ -11,6 +11,10 @@ Negative controls (:func:`negcon_mask`, :func:`negcon_rule`)
 
 Failed sites (:func:`qc_failed`)
     A site failed QC when any of its ``QC_*`` flags is set; a missing flag (NaN) counts as passed.
+
+The plate readout (:func:`resolve_readout`)
+    ``report.readout``, or with ``auto`` the first column with values of the novelty robust z, the
+    novelty score, the cell count, the DNA channel's mean intensity, any mean intensity.
 """
 
 from __future__ import annotations
@@ -269,3 +273,44 @@ def sites_from_images(
     for ch in chans:
         sites[frame_column(ch)] = sites[frame_column(ch)].astype(np.int64)
     return sites.sort_values(site_sort_keys(sites), kind="stable").reset_index(drop=True)
+
+
+# --- the plate readout -----------------------------------------------------------------------------
+def has_values(summary: pd.DataFrame, column: str) -> bool:
+    """True when ``column`` exists and holds at least one numeric value."""
+    return (
+        column in summary.columns and pd.to_numeric(summary[column], errors="coerce").notna().any()
+    )
+
+
+def resolve_readout(
+    summary: pd.DataFrame,
+    requested: str = "auto",
+    *,
+    dna_channel: str = "DNA",
+    count_column: str = "Count_Nuclei",
+) -> tuple[str | None, str]:
+    """The plate's readout column (``report.readout``) and how it was chosen; the report's control
+    section and the dose stage use it.
+
+    ``auto``: the first of the plate hit readout (``Metadata_Novelty_RobustZ``), the novelty score,
+    the cell count, the DNA-channel mean intensity, any channel's mean intensity that has values.
+    A named column that is missing gives ``None`` and a note (the report says so instead of failing).
+    """
+    if requested != "auto":
+        if has_values(summary, requested):
+            return requested, "set by report.readout"
+        return None, f"report.readout {requested} is not in the tables given (stage not run?)"
+    candidates = [
+        (io.NOVELTY_ROBUST_Z, "plate hit readout: robust z of the novelty score (novelty stage)"),
+        (io.NOVELTY_SCORE, "novelty score (novelty stage)"),
+        (count_column, "cell count (segmentation)"),
+        (f"{io.METADATA_PREFIX}{dna_channel}_MeanIntensity", f"{dna_channel} mean intensity (QC)"),
+    ]
+    candidates += [
+        (c, "mean intensity (QC)") for c in summary.columns if str(c).endswith("_MeanIntensity")
+    ]
+    for col, why in candidates:
+        if has_values(summary, col):
+            return col, f"auto: {why}"
+    return None, "no readout available: no novelty score, cell count or intensity column"

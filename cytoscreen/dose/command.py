@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from cytoscreen.argparse_ import load_config_with_overrides
     from cytoscreen.dose.fit import FIT_OK, FIT_STATUS, dose_response, empty_table
     from cytoscreen.errors import InputDataError
-    from cytoscreen.report.controls import resolve_readout
+    from cytoscreen.plate import resolve_readout
 
     config = load_config_with_overrides(args, "report")
     table = io.read_table(args.table)

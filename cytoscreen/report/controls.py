@@ -2,11 +2,8 @@
 
 - :func:`control_quality`: Z' = 1 - 3 (sd_p + sd_n) / |mu_p - mu_n| (sample standard deviations,
   ``ddof=1``; :func:`cytoscreen.stats.z_prime`) and the robust Z' (medians, 1.4826 x MAD).
-- :func:`resolve_readout`: the readout of the control-quality section is ``report.readout``;
-  ``auto`` takes the first of ``Metadata_Novelty_RobustZ`` (the novelty stage's plate hit
-  readout), ``Metadata_Novelty_Score``, the cell count
-  (``report.count_column``, segmentation), ``Metadata_<dna_channel>_MeanIntensity`` (QC, always
-  there) that has values.
+- The readout of the control-quality section is :func:`cytoscreen.plate.resolve_readout`
+  (``report.readout``; the dose stage uses the same rule).
 """
 
 from __future__ import annotations
@@ -17,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cytoscreen import io
+from cytoscreen.plate import has_values
 from cytoscreen.report.wells import NOVELTY_PREFIX
 from cytoscreen.stats import z_prime
 
@@ -105,45 +103,6 @@ def control_quality(
         n_in_sample=n_in_sample,
         note="; ".join(notes),
     )
-
-
-def has_values(summary: pd.DataFrame, column: str) -> bool:
-    """True when ``column`` exists and holds at least one numeric value."""
-    return (
-        column in summary.columns and pd.to_numeric(summary[column], errors="coerce").notna().any()
-    )
-
-
-def resolve_readout(
-    summary: pd.DataFrame,
-    requested: str = "auto",
-    *,
-    dna_channel: str = "DNA",
-    count_column: str = "Count_Nuclei",
-) -> tuple[str | None, str]:
-    """The readout column for the control section and how it was chosen.
-
-    ``auto``: the first of the plate hit readout (``Metadata_Novelty_RobustZ``), the novelty score,
-    the cell count, the DNA-channel mean intensity, any channel's mean intensity that has values.
-    A named column that is missing gives ``None`` and a note (the report says so instead of failing).
-    """
-    if requested != "auto":
-        if has_values(summary, requested):
-            return requested, "set by report.readout"
-        return None, f"report.readout {requested} is not in the tables given (stage not run?)"
-    candidates = [
-        (io.NOVELTY_ROBUST_Z, "plate hit readout: robust z of the novelty score (novelty stage)"),
-        (io.NOVELTY_SCORE, "novelty score (novelty stage)"),
-        (count_column, "cell count (segmentation)"),
-        (f"{io.METADATA_PREFIX}{dna_channel}_MeanIntensity", f"{dna_channel} mean intensity (QC)"),
-    ]
-    candidates += [
-        (c, "mean intensity (QC)") for c in summary.columns if str(c).endswith("_MeanIntensity")
-    ]
-    for col, why in candidates:
-        if has_values(summary, col):
-            return col, f"auto: {why}"
-    return None, "no readout available: no novelty score, cell count or intensity column"
 
 
 def candidate_readouts(summary: pd.DataFrame, *, count_column: str = "Count_Nuclei") -> list[str]:

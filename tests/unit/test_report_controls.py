@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoscreen import io, stats
+from cytoscreen import io, plate, stats
 from cytoscreen.report import controls as rc
 
 
@@ -54,23 +54,23 @@ def test_control_quality_on_a_well_summary():
 
 def test_resolve_readout_order():
     s = pd.DataFrame({"Metadata_DNA_MeanIntensity": [1.0], "Metadata_Actin_MeanIntensity": [2.0]})
-    assert rc.resolve_readout(s)[0] == "Metadata_DNA_MeanIntensity"
+    assert plate.resolve_readout(s)[0] == "Metadata_DNA_MeanIntensity"
     s["Count_Nuclei"] = [3.0]
-    assert rc.resolve_readout(s)[0] == "Count_Nuclei"
+    assert plate.resolve_readout(s)[0] == "Count_Nuclei"
     s[io.NOVELTY_SCORE] = [np.nan]  # present but empty: skipped
-    assert rc.resolve_readout(s)[0] == "Count_Nuclei"
+    assert plate.resolve_readout(s)[0] == "Count_Nuclei"
     s[io.NOVELTY_SCORE] = [0.5]
-    assert rc.resolve_readout(s) == (io.NOVELTY_SCORE, "auto: novelty score (novelty stage)")
+    assert plate.resolve_readout(s) == (io.NOVELTY_SCORE, "auto: novelty score (novelty stage)")
     assert (
-        rc.resolve_readout(s, "Metadata_Actin_MeanIntensity")[0] == "Metadata_Actin_MeanIntensity"
+        plate.resolve_readout(s, "Metadata_Actin_MeanIntensity")[0] == "Metadata_Actin_MeanIntensity"
     )
-    col, note = rc.resolve_readout(s, "Metadata_Mito_MeanIntensity")
+    col, note = plate.resolve_readout(s, "Metadata_Mito_MeanIntensity")
     assert col is None and "not in the tables" in note
-    assert rc.resolve_readout(s, dna_channel="Hoechst")[0] == io.NOVELTY_SCORE
-    assert rc.resolve_readout(pd.DataFrame({"x": [1]}))[0] is None
+    assert plate.resolve_readout(s, dna_channel="Hoechst")[0] == io.NOVELTY_SCORE
+    assert plate.resolve_readout(pd.DataFrame({"x": [1]}))[0] is None
     # the novelty stage's plate hit readout comes first
     s[io.NOVELTY_ROBUST_Z] = [4.0]
-    assert rc.resolve_readout(s)[0] == io.NOVELTY_ROBUST_Z
+    assert plate.resolve_readout(s)[0] == io.NOVELTY_ROBUST_Z
     assert rc.candidate_readouts(s)[:2] == [io.NOVELTY_ROBUST_Z, io.NOVELTY_SCORE]
 
 

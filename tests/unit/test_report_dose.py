@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cytoscreen import io, stats
+from cytoscreen import io, plate, stats
 from cytoscreen.dose import fit
 from cytoscreen.report import controls as rc
 from cytoscreen.report import wells as rw
@@ -126,7 +126,7 @@ def test_plate_hit_readout_is_the_auto_readout():
     assert f'<strong id="zprime">{fmt_value(zp)}</strong>' in page_text  # same as the novelty stage's
     assert esc("Z' of the novelty stage's plate readout") in page_text
     # dose curves follow the same readout when the dose stage ran with report.readout auto
-    dose = fit.dose_response(nov, rc.resolve_readout(nov)[0])
+    dose = fit.dose_response(nov, plate.resolve_readout(nov)[0])
     assert dose[fit.READOUT].eq(io.NOVELTY_ROBUST_Z).all()
     with_dose = plate_report(qc, plate="P1", novelty=nov, dose=dose)
     assert f"Readout <code>{io.NOVELTY_ROBUST_Z}</code> against dose" in with_dose

@@ -10,6 +10,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import InputDataError
+from cytoscreen.plate import resolve_readout
 from cytoscreen.report import controls, tables
 from cytoscreen.report.components import (
     Column,
@@ -177,7 +178,7 @@ def plate_report(
         count_column=settings.count_column,
         source=f"plate {plate} qc",
     )
-    readout, how = controls.resolve_readout(
+    readout, how = resolve_readout(
         summary,
         settings.readout,
         dna_channel=settings.dna_channel,

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from cytoscreen import io
+from cytoscreen.plate import has_values
 from cytoscreen.report import plots, wells
 from cytoscreen.report.components import esc, fmt_value, not_run, treatment_text
-from cytoscreen.report.controls import has_values
 from cytoscreen.report.settings import ReportSettings
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from cytoscreen import io
 from cytoscreen.errors import InputDataError
+from cytoscreen.plate import resolve_readout
 from cytoscreen.report import controls, plots, tables
 from cytoscreen.report.components import (
     Column,
@@ -40,7 +41,7 @@ def _plates_section(
             summary = well_summary(
                 sub, novelty=nov, count_column=settings.count_column, source=f"plate {plate} qc"
             )
-            readout, _ = controls.resolve_readout(
+            readout, _ = resolve_readout(
                 summary,
                 settings.readout,
                 dna_channel=settings.dna_channel,
