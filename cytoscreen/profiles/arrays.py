@@ -37,12 +37,14 @@ def feature_matrix(
     """The features as one float matrix (missing values as NaN), read-only.
 
     No copy is made when the features already form one block of ``dtype`` in the table (as
-    :func:`cytoscreen.profiles.stage.read_profiles` builds it), so callers must not write to it.
+    :func:`cytoscreen.profiles.stage.read_profiles` builds it), so callers must not write to it;
+    a block of another float type is converted in one pass (not through ``df[cols]``, which copies).
     """
-    dtype = dtype or matrix_dtype(df, cols)
-    view = block_view(df, cols, dtype)
+    native = matrix_dtype(df, cols)
+    dtype = dtype or native
+    view = block_view(df, cols, native)
     if view is not None:
-        return view
+        return view if np.dtype(native) == np.dtype(dtype) else view.astype(dtype)
     sub = df[list(cols)]
     if all(pd.api.types.is_float_dtype(t) and not isinstance(t, pd.api.extensions.ExtensionDtype)
            for t in sub.dtypes):

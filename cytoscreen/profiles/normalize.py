@@ -266,8 +266,13 @@ def normalize(
     flat_features: set[int] = set()
     order = np.argsort(codes, kind="stable")
     bounds = np.cumsum(np.bincount(codes, minlength=n_groups))[:-1]
+    in_order = bool(np.all(order == np.arange(len(order))))
     for g, rows in enumerate(np.split(order, bounds)):
-        ref_rows = rows[mask[rows]]
+        if in_order and len(rows):  # the group's rows are one range: views, not copies
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)
+            ref_rows = np.flatnonzero(mask[rows]) + rows.start
+        else:
+            ref_rows = rows[mask[rows]]
         label = group_label(profiles, by, int(first[g]))
         xg = x[rows]
         if method == "spherize":
