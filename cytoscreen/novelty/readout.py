@@ -27,6 +27,17 @@ logger = logging.getLogger(__name__)
 MIN_PLATE_CONTROLS = 3
 
 
+def plate_rows(plates: np.ndarray) -> dict:
+    """Row indices of each plate (plates in order of first appearance, rows in order): one pass
+    instead of one comparison of the whole column per plate (quadratic in plates at campaign scale)."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.asarray(plates, dtype=object), sort=False, use_na_sentinel=False)
+    order = np.argsort(codes, kind="stable")
+    parts = np.split(order, np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1])
+    return dict(zip(uniques, parts, strict=True))
+
+
 def plate_robust_z(plates: np.ndarray, log_score: np.ndarray, is_ctrl: np.ndarray, *,
                    source: str = "profiles") -> np.ndarray:
     """Robust z of each well's log score against its plate's control wells; the screen's control
@@ -34,9 +45,9 @@ def plate_robust_z(plates: np.ndarray, log_score: np.ndarray, is_ctrl: np.ndarra
     z = np.full(len(log_score), np.nan)
     screen_ref = log_score[is_ctrl & np.isfinite(log_score)]
     pooled = []
-    for plate in dict.fromkeys(plates):
-        on = plates == plate
-        ref = log_score[on & is_ctrl & np.isfinite(log_score)]
+    usable = is_ctrl & np.isfinite(log_score)
+    for plate, on in plate_rows(plates).items():
+        ref = log_score[on[usable[on]]]
         if len(ref) < MIN_PLATE_CONTROLS:
             pooled.append(str(plate))
             ref = screen_ref
@@ -61,8 +72,7 @@ def poscon_direction_z(x: np.ndarray, plates: np.ndarray, is_neg: np.ndarray,
     plate's negcon wells (see the module docstring).  ``x`` is ``(wells, features)``."""
     x = np.asarray(x, dtype=np.float64)
     z = np.full(len(x), np.nan)
-    for plate in dict.fromkeys(plates):
-        on = np.flatnonzero(plates == plate)
+    for on in plate_rows(plates).values():
         neg, pos = on[is_neg[on]], on[is_pos[on] & ~is_neg[on]]
         if len(neg) < MIN_PLATE_CONTROLS or len(pos) < 2:
             continue
@@ -87,6 +97,6 @@ def plate_zprime(values: np.ndarray, plates: np.ndarray, is_neg: np.ndarray,
                  is_pos: np.ndarray) -> dict[str, float]:
     """Z'-factor per plate of ``values``, poscon vs negcon wells (NaN without 2 of each)."""
     return {
-        str(p): stats.z_prime(values[(plates == p) & is_pos], values[(plates == p) & is_neg])
-        for p in dict.fromkeys(plates)
+        str(p): stats.z_prime(values[on[is_pos[on]]], values[on[is_neg[on]]])
+        for p, on in plate_rows(plates).items()
     }
