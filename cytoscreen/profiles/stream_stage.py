@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cytoscreen import io
-from cytoscreen.errors import ConfigError
+from cytoscreen.errors import ConfigError, InputDataError
 
 logger = logging.getLogger(__name__)
 
@@ -235,12 +235,21 @@ def _select(inputs, output, opts, blocklist_file, selection, per_plate_dir, untr
                 raise ConfigError(f"{untransformed}: streamed select writes --untransformed as .parquet")
             before = stack.enter_context(ParquetStream(untransformed, provenance={
                 **prov, "parameters": {**params, "before": list(SCREEN_FITTED)}}))
+        written: set[str] = set()
         for path in inputs:
             table = apply_selection(read_profiles(path), kept, source=str(path))
             out.write(table)
             if before is not None:
                 before.write(table)
             if per_plate_dir:
+                plates = set(table[io.PLATE].astype(str)) if io.PLATE in table.columns else set()
+                if plates & written:
+                    raise InputDataError(
+                        f"{path}: plate {sorted(plates & written)[0]} is in an earlier input too; "
+                        f"streamed --per-plate-dir needs each plate in one input (or "
+                        f"profiles.streaming: never)"
+                    )
+                written |= plates
                 write_per_plate(table, output, per_plate_dir, prov)
             del table
     io.write_json(record, json_path)

@@ -113,3 +113,15 @@ def test_always_refuses_what_cannot_stream(tmp_path, capsys):
     assert rc == 3
     assert "cannot be streamed with the screen-fitted transform(s) spherize" in capsys.readouterr().err
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_streamed_per_plate_dir_refuses_a_plate_split_over_inputs(tmp_path, capsys):
+    paths = _plates(tmp_path, n_plates=2)
+    df = pd.read_parquet(paths[0])
+    io.write_parquet(df.iloc[:20], tmp_path / "a.parquet")
+    io.write_parquet(df.iloc[20:], tmp_path / "b.parquet")
+    cfg = _config(tmp_path, "always", streaming="always")
+    rc = main(["profiles", "select", str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet"),
+               str(tmp_path / "s.parquet"), "--config", cfg, "--per-plate-dir", str(tmp_path / "pp")])
+    assert rc != 0 and "plate P0 is in an earlier input too" in capsys.readouterr().err
+    assert not (tmp_path / "s.parquet").exists()
