@@ -46,12 +46,12 @@ from cytoscreen.profiles.arrays import check_finite, feature_matrix
 from cytoscreen.profiles.columns import resolve_features, shown
 from cytoscreen.profiles.reference import reference_mask
 from cytoscreen.profiles.select import (
-    DEFAULT_OPERATIONS,
-    SELECT_OPERATIONS,
+    SELECTION_OPTIONS,
     FeatureSelection,
     OperationRecord,
     blocklist_exclude,
     exclude_correlated,
+    selection_options,
     variance_exclude,
 )
 
@@ -173,32 +173,21 @@ class SelectionStats:
 
 
 def select_from_stats(
-    stats: SelectionStats,
-    *,
-    operations: Sequence[str] = DEFAULT_OPERATIONS,
-    freq_cut: float = 0.05,
-    unique_cut: float = 0.01,
-    corr_threshold: float = 0.9,
-    corr_method: str = "pearson",
-    na_cutoff: float = 0.05,
-    outlier_cutoff: float = 500.0,
-    blocklist: Sequence[str] = (),
-    source: str = "screen",
+    stats: SelectionStats, *, source: str = "screen", **options: Any
 ) -> tuple[list[str], list[OperationRecord]]:
-    """The kept features and one record per operation, from streamed statistics (module docstring)."""
-    unknown = [op for op in operations if op not in SELECT_OPERATIONS]
-    if unknown:
-        raise ConfigError(
-            f"unknown feature selection operation(s) {', '.join(map(str, unknown))}; choose from "
-            f"{', '.join(SELECT_OPERATIONS)}"
-        )
+    """The kept features and one record per operation, from streamed statistics (module docstring).
+
+    ``options`` are :data:`~cytoscreen.profiles.select.SELECTION_OPTIONS` (operations, cut-offs,
+    blocklist), with :func:`~cytoscreen.profiles.select.feature_select`'s defaults.
+    """
+    opts = selection_options(**options)
+    operations, freq_cut, unique_cut, corr_threshold, corr_method, na_cutoff, outlier_cutoff, \
+        blocklist = (opts[k] for k in SELECTION_OPTIONS)
     if "correlation_threshold" in operations and corr_method != "pearson":
         raise ConfigError(
             f"streamed feature selection supports corr_method 'pearson' only (got {corr_method!r}):"
             " rank correlations need the whole screen in memory"
         )
-    if "blocklist" in operations and not list(blocklist):
-        raise ConfigError("the blocklist operation needs feature names (profiles.blocklist)")
     if not 0 <= na_cutoff <= 1:
         raise ConfigError("na_cutoff must be between 0 and 1")
     if not 0 <= corr_threshold <= 1:

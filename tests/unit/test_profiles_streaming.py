@@ -1,5 +1,7 @@
 """Streamed (plate by plate) feature selection and consensus equal the in-memory ones."""
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -85,6 +87,26 @@ def test_spearman_is_refused():
     stats.update(np.ones((3, 2)))
     with pytest.raises(ConfigError, match="pearson"):
         select_from_stats(stats, operations=("correlation_threshold",), corr_method="spearman")
+
+
+def test_streamed_options_are_feature_selects():
+    """select_from_stats takes feature_select's settings with feature_select's defaults (one
+    definition), and the same checks."""
+    from cytoscreen.profiles.select import SELECTION_OPTIONS, feature_select, selection_options
+
+    defaults = selection_options()
+    signature = inspect.signature(feature_select).parameters
+    assert defaults == {k: signature[k].default for k in SELECTION_OPTIONS}
+    assert defaults["corr_threshold"] == 0.9 and defaults["blocklist"] == ()
+    assert selection_options(na_cutoff=0.5)["na_cutoff"] == 0.5
+    stats = SelectionStats(("a", "b"))
+    stats.update(np.ones((3, 2)))
+    with pytest.raises(TypeError, match="corr_cut"):
+        select_from_stats(stats, corr_cut=0.5)
+    with pytest.raises(ConfigError, match="blocklist operation needs feature names"):
+        select_from_stats(stats, operations=("blocklist",))
+    with pytest.raises(ConfigError, match="unknown feature selection operation"):
+        select_from_stats(stats, operations=("sphere",))
 
 
 @pytest.mark.parametrize("method", ["median", "modz"])
