@@ -124,8 +124,11 @@ def run_train(args: argparse.Namespace) -> int:
         # inside fit(), and they rerun this command with their rank in the environment
         _prepare_work_dir(work)
         shutil.rmtree(metrics_dir(out), ignore_errors=True)
-    profiles = io.read_table(args.profiles)
-    logger.info("read %s (%d rows x %d columns)", args.profiles, len(profiles), profiles.shape[1])
+    if _stream(args.profiles, settings.streaming):
+        profiles = _control_rows(args.profiles, settings.reference)
+    else:
+        profiles = io.read_table(args.profiles)
+        logger.info("read %s (%d rows x %d columns)", args.profiles, len(profiles), profiles.shape[1])
     prov = io.provenance(
         "novelty", config_hash=io.config_hash(config), input=str(args.profiles)
     )
@@ -203,6 +206,23 @@ def _stream(path, mode: str) -> bool:
         return False
     logger.info("%s: %d rows: scoring streamed plate by plate (novelty.streaming %s)", path, rows, mode)
     return True
+
+
+def _control_rows(path, reference: str):
+    """The control rows of a profile table, read plate by plate (training uses nothing else: the
+    folds, the models and the early stopping are the same as from the whole table)."""
+    import pandas as pd
+
+    from cytoscreen.novelty.data import reference_rows
+    from cytoscreen.novelty.stream import plate_tables
+
+    parts, n = [], 0
+    for _, df in plate_tables(path):
+        n += len(df)
+        parts.append(df.loc[reference_rows(df, reference)])
+    controls = pd.concat(parts, ignore_index=True)
+    logger.info("read %s plate by plate: %d %s rows of %d", path, len(controls), reference, n)
+    return controls
 
 
 def _score_streamed(args, crossfit, options, config) -> int:
