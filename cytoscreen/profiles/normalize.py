@@ -240,7 +240,9 @@ def normalize(
     mask, rule = reference_mask(
         profiles, reference, column=reference_column, value=reference_value, source=source
     )
-    x = feature_matrix(profiles, cols, dtype=np.float64)
+    # the table's own float type (no float64 copy of the table); statistics and the normalized
+    # values are computed in float64 plate by plate, from exact conversions, as before
+    x = feature_matrix(profiles, cols)
     check_finite(x, cols, source=source, allow_nan=method != "spherize")
     codes, n_groups = group_codes(profiles, by)
     first = first_rows(codes, n_groups) if n_groups else np.zeros(0, dtype=np.intp)
@@ -275,15 +277,17 @@ def normalize(
             ref_rows = rows[mask[rows]]
         label = group_label(profiles, by, int(first[g]))
         xg = x[rows]
+        ref = x[ref_rows].astype(np.float64)
         if method == "spherize":
+            xg = xg.astype(np.float64)
             fit = fit_spherize(
-                x[ref_rows], cols, method=spherize_method, epsilon=spherize_epsilon,
+                ref, cols, method=spherize_method, epsilon=spherize_epsilon,
                 source=f"{source} {label}",
             )
             result[rows] = fit.transform(xg)
             out_cols = list(fit.columns)
             continue
-        center, scale, const = fit_scale(x[ref_rows], method, epsilon)
+        center, scale, const = fit_scale(ref, method, epsilon)
         if scale_over == "screen":  # the screen-wide scale comes later (screen_scale)
             result[rows] = xg - center
             continue
