@@ -7,7 +7,7 @@
   cytoscreen report screen --config CONFIG --qc results/*/qc.parquet \\
       [--novelty results/screen/novelty/novelty.parquet] [--moa results/screen/moa.parquet] \\
       [--evaluation results/screen/evaluation.json] \\
-      [--profiles results/screen/feature_selected.parquet] \\
+      [--profiles results/screen/moa_profiles.parquet] \\
       [--plate-reports reports/P1.html ...] --out reports/index.html
 
 Settings come from the config's report: section.  Every input but --qc is optional; a section whose
