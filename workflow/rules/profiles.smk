@@ -15,7 +15,8 @@
 rule profiles_aggregate:
     input:
         sites=rules.features.output[0],
-        qc=rules.qc.output[0],
+        # with segmentation on, qc_segmented.parquet: QC_low_count sites drop out like any QC_* flag
+        qc=SITE_QC,
     output:
         OUT["wells"],
     log:
