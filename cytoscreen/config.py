@@ -9,11 +9,12 @@ hand sees exactly the settings the workflow would give it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -228,3 +229,21 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     return obj
+
+
+def settings_values(
+    cls: type, name: str, section: Mapping[str, Any] | None, *, exclude: Collection[str] = ()
+) -> dict[str, Any]:
+    """The config's ``name:`` section as a dict whose keys are all fields of the settings dataclass
+    ``cls`` (less ``exclude``, the fields a stage fills from elsewhere).
+
+    The one rule of the stages' ``Settings.from_config``: an unknown key is a :class:`ConfigError`
+    naming the known ones (the schema rejects it in a validated config; this catches a section
+    built by hand or a misspelt override).
+    """
+    names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    values = dict(section or {})
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return values

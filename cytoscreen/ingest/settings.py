@@ -6,8 +6,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from cytoscreen.errors import ConfigError
-
 
 @dataclasses.dataclass(frozen=True)
 class IngestSettings:
@@ -34,12 +32,10 @@ class IngestSettings:
     def from_config(cls, config: Mapping[str, Any]) -> IngestSettings:
         """Settings from a whole config (``channels``, ``layouts`` and the ``ingest`` section)."""
         from cytoscreen.argparse_ import section_defaults
+        from cytoscreen.config import settings_values
 
-        section = {**section_defaults("ingest"), **dict(config.get("ingest") or {})}
-        names = {f.name for f in dataclasses.fields(cls)} - {"channels", "layouts", "required_channels"}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            raise ConfigError(f"ingest: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        section = settings_values(cls, "ingest", {**section_defaults("ingest"), **dict(config.get("ingest") or {})},
+                                  exclude=("channels", "layouts", "required_channels"))
         section["extensions"] = tuple(section["extensions"])
         channels = {str(k): str(v) for k, v in (config.get("channels") or {}).items()}
         features = [str(c) for c in ((config.get("features") or {}).get("channels") or [])]
@@ -47,5 +43,5 @@ class IngestSettings:
             channels=channels,
             required_channels=tuple(dict.fromkeys([*channels.values(), *features])),
             layouts={str(k): str(v) for k, v in (config.get("layouts") or {}).items()},
-            **{k: section[k] for k in names},
+            **section,
         )

@@ -232,15 +232,10 @@ class MoaSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> MoaSettings:
-        """Settings from a validated ``moa:`` section; unknown keys are an error."""
-        from dataclasses import fields
+        """Settings from a validated ``moa:`` section; unknown keys are a ConfigError."""
+        from cytoscreen.config import settings_values
 
-        section = dict(section or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            raise ConfigError(f"moa: unknown setting(s) {', '.join(unknown)}")
-        return cls(**section)
+        return cls(**settings_values(cls, "moa", section))
 
 
 @dataclass(frozen=True)

@@ -49,11 +49,9 @@ class NoveltySettings:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> NoveltySettings:
         """Settings from a (validated) ``novelty`` section; unknown keys are a ConfigError."""
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"novelty: unknown key(s) {', '.join(unknown)}")
+        from cytoscreen.config import settings_values
+
+        section = settings_values(cls, "novelty", section)
         for key in ("hidden_sizes", "exclude_pert_types"):
             if key in section:
                 section[key] = tuple(section[key])

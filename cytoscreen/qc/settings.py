@@ -6,8 +6,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from cytoscreen.errors import ConfigError
-
 
 @dataclasses.dataclass(frozen=True)
 class QCSettings:
@@ -29,10 +27,6 @@ class QCSettings:
     def from_config(cls, section: Mapping[str, Any] | None = None) -> QCSettings:
         """Settings from a ``qc:`` section (validated or not); unknown keys are a ConfigError."""
         from cytoscreen.argparse_ import section_defaults
+        from cytoscreen.config import settings_values
 
-        values = {**section_defaults("qc"), **dict(section or {})}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"qc: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**{k: values[k] for k in names})
+        return cls(**settings_values(cls, "qc", {**section_defaults("qc"), **dict(section or {})}))

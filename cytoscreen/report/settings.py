@@ -32,13 +32,9 @@ class ReportSettings:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> ReportSettings:
         """Settings from a validated config's ``report`` section (missing keys keep defaults)."""
-        section = dict(section or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(
-                f"report: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        from cytoscreen.config import settings_values
+
+        section = settings_values(cls, "report", section)
         if "thumbnail_percentiles" in section:
             section["thumbnail_percentiles"] = tuple(
                 float(v) for v in section["thumbnail_percentiles"]

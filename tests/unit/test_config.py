@@ -157,3 +157,29 @@ def test_layout_names_match_code():
     assert named == builtin, f"plates.schema.yaml layout description names {named}, the code has {builtin}"
     layouts = load_schema("config")["properties"]["layouts"]["description"]
     assert sorted(set(re.findall(r"\b(" + "|".join(builtin) + r")\b", layouts))) == builtin
+
+
+@pytest.mark.parametrize("section", ["qc", "ingest", "moa", "novelty", "report"])
+def test_settings_reject_unknown_keys_with_one_message(section):
+    """Every stage's Settings.from_config applies config.settings_values: an unknown key names
+    the section, the key and the known keys (moa and novelty used to omit the known keys)."""
+    from cytoscreen.ingest.settings import IngestSettings
+    from cytoscreen.moa.stage import MoaSettings
+    from cytoscreen.novelty.settings import NoveltySettings
+    from cytoscreen.qc.settings import QCSettings
+    from cytoscreen.report.settings import ReportSettings
+
+    config = load_config()
+    cls = {"qc": QCSettings, "ingest": IngestSettings, "moa": MoaSettings, "novelty": NoveltySettings,
+           "report": ReportSettings}[section]
+    good = config if section == "ingest" else config[section]
+    assert isinstance(cls.from_config(good), cls)
+    bad = {**config, "ingest": {**config["ingest"], "bogus_key": 1}} if section == "ingest" else \
+        {**config[section], "bogus_key": 1}
+    with pytest.raises(ConfigError) as err:
+        cls.from_config(bad)
+    message = str(err.value)
+    assert message.startswith(f"{section}: unknown key(s) bogus_key; known: ")
+    known = message.split("; known: ", 1)[1].split(", ")
+    assert known == sorted(known) and set(known) <= set(config[section]) | {"channels", "layouts"}
+    assert set(config[section]) <= set(known)
