@@ -140,7 +140,7 @@ def aggregate(
     x = feature_matrix(kept_rows, cols)
     nan_cols = nonfinite_columns(x)
     check_finite(x, cols, source=source, suspect=nan_cols)
-    codes, n_groups = group_codes(kept_rows, by)
+    codes, n_groups = (codes_all, n_all) if keep.all() else group_codes(kept_rows, by)
     reduced = group_reduce(x, codes, n_groups, method, nan_cols=nan_cols)
     n_sites = np.bincount(codes, minlength=n_groups)
 

@@ -80,7 +80,8 @@ def group_metadata(
     Returns the group metadata table and the row index of each group's first row.
     """
     meta = [m for m in io.metadata_columns(df) if m not in derived]
-    constant, varying = constant_columns(df, meta, codes, n_groups)
+    # the group columns are constant within their groups by definition
+    constant, varying = constant_columns(df, [m for m in meta if m not in set(by)], codes, n_groups)
     keep = set(constant) | set(by)
     if varying:
         logger.info(
