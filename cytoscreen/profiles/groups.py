@@ -172,7 +172,10 @@ def _median_block(
         else:
             cube = block[(starts[groups][:, None] + np.arange(k)[None, :]).ravel()]
             cube = cube.reshape(g, k, f)
-        out[groups] = _cube_median(cube)
+        if g == 1 or np.all(np.diff(groups) == 1):
+            _cube_median(cube, out=out[int(groups[0]) : int(groups[-1]) + 1])
+        else:
+            out[groups] = _cube_median(cube)
         if nan_cols.any():
             out[groups[:, None], np.flatnonzero(nan_cols)[None, :]] = _nanmedian_axis1(
                 cube[:, :, nan_cols]
@@ -183,8 +186,9 @@ def _median_block(
 _TILE_LANES = 1 << 14
 
 
-def _cube_median(cube: np.ndarray) -> np.ndarray:
-    """Median over axis 1 of a (groups, k, features) array (NaN not skipped; see the caller).
+def _cube_median(cube: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Median over axis 1 of a (groups, k, features) array (NaN not skipped; see the caller), into
+    ``out`` (groups, features) when given.
 
     The ``k`` values of every (group, feature) lane are copied, tile by tile, into ``k``
     contiguous wires, and :func:`median_network` is run on them with ``np.minimum``/``np.maximum``
@@ -193,7 +197,7 @@ def _cube_median(cube: np.ndarray) -> np.ndarray:
     in float64 as pandas does.
     """
     g, k, f = cube.shape
-    res = np.empty((g, f), dtype=cube.dtype)
+    res = np.empty((g, f), dtype=cube.dtype) if out is None else out
     if k == 1:
         res[:] = cube[:, 0]
         return res

@@ -176,27 +176,22 @@ def _top_two_ratio(s: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
 
 
 def _gram(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """``(x - mean)^T (x - mean)`` in float64, accumulated over blocks of rows (BLAS syrk)."""
+    """``(x - mean)^T (x - mean)`` in float64, accumulated over blocks of rows, exactly symmetric.
+
+    numpy's product (BLAS) costs the same CPU as scipy's ``dsyrk`` here (0.17-0.18 s on
+    7,680 x 1,000) without importing ``scipy.linalg`` (0.13 CPU-s).
+    """
     n, f = x.shape
-    try:
-        from scipy.linalg.blas import dsyrk
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        dsyrk = None
-    gram = np.zeros((f, f), dtype=np.float64, order="F")
+    gram = np.zeros((f, f), dtype=np.float64)
     step = max(1, _GRAM_VALUES // max(f, 1))
     # column-major like the features of a table: the centring copy and BLAS read columns
     blk = np.empty((min(step, n), f), dtype=np.float64, order="F")
     for r0 in range(0, n, step):
         part = blk[: min(step, n - r0)] if n - r0 < step else blk
         np.subtract(x[r0 : r0 + step], mean, out=part)
-        if dsyrk is None:
-            gram += part.T @ part
-        else:  # upper triangle of part^T part, accumulated in place
-            gram = dsyrk(1.0, part, beta=1.0, c=gram, trans=1, lower=0, overwrite_c=1)
-    if dsyrk is not None:
-        upper = np.triu(gram)
-        gram = upper + np.triu(upper, 1).T
-    return gram
+        gram += part.T @ part
+    upper = np.triu(gram)
+    return upper + np.triu(upper, 1).T
 
 
 def correlation_matrix(x: np.ndarray, *, method: str = "pearson") -> np.ndarray:
