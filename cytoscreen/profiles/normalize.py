@@ -263,7 +263,8 @@ def normalize(
         )
 
     out_cols = list(cols)
-    result = np.empty((len(profiles), len(cols)), dtype=np.float32)
+    # column-major, as a table holds its features: contiguous columns for the writer
+    result = np.empty((len(profiles), len(cols)), dtype=np.float32, order="F")
     flat_groups: list[str] = []
     flat_features: set[int] = set()
     order = np.argsort(codes, kind="stable")
