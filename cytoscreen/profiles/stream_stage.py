@@ -7,7 +7,7 @@ screen-wide steps run here instead, on the same inputs and settings, with the sa
 
 select
     statistics streamed input by input (:func:`cytoscreen.profiles.streaming.stream_select`), then
-    each input read again, the selection applied and appended to OUTPUT (one row group per input,
+    each input read again, the selection applied and appended to OUTPUT (plates in input order,
     so ``novelty score`` can read it plate by plate), ``--per-plate-dir`` and ``--untransformed``
     written as it goes; ``<name>.selection.json`` / ``.tsv`` as in memory.  Exact as the in-memory
     selection except the frequency rule above 50,000 rows (a uniform sample) and the correlation of

@@ -137,3 +137,15 @@ def test_cli_streamed_score_equals_the_in_memory_score(tmp_path):
     _assert_frames_close(pd.read_parquet(tmp_path / "a.parquet"), outs["never"]["novelty"])
     prov = io.read_provenance(tmp_path / "always_novelty.parquet")
     assert prov["n_hits"] == int(outs["never"]["novelty"][NOVELTY_HIT].sum())
+
+
+def test_parquet_stream_gathers_plates_into_row_groups(tmp_path):
+    import pyarrow.parquet as pq
+
+    df = _screen(n_plates=5)  # 96 rows per plate
+    with ParquetStream(tmp_path / "t.parquet", row_group_rows=200) as out:
+        for _, rows in df.groupby(PLATE, sort=False):
+            out.write(rows)
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [288, 192]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), df)

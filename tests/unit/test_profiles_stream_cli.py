@@ -82,7 +82,7 @@ def test_streamed_select_and_consensus_equal_in_memory(tmp_path, monkeypatch, me
         never / "feature_selected.selection.tsv").read_text()
     cons = pd.read_parquet(always / "consensus.parquet")
     assert len(cons) == 37 and cons[io.N_WELLS].sum() == 240  # DMSO and 12 compounds x 3 doses
-    # the streamed screen table has one row group per plate: novelty reads it plate by plate
+    # the streamed screen table keeps each plate's rows together: novelty reads it plate by plate
     assert [p for p, _ in plate_tables(always / "feature_selected.parquet", batch_rows=10)] == [
         f"P{p}" for p in range(5)]
 
