@@ -10,6 +10,7 @@ import pytest
 
 from cytoscreen import io
 from cytoscreen.dose import fit
+from cytoscreen.errors import InputDataError
 from cytoscreen.qc import METRICS as QC_METRICS
 from cytoscreen.report import controls as rc
 from cytoscreen.report import wells as rw
@@ -146,7 +147,7 @@ def test_plate_report_other_plate_rows_and_errors(tables):
         "Plate SYN002" in page
         and len(PageParser(page).find("rect", cls="well", within="hm-qc")) == 96
     )
-    with pytest.raises(io.InputDataError, match="no sites"):
+    with pytest.raises(InputDataError, match="no sites"):
         plate_report(both, plate="NOPE")
 
 
@@ -216,7 +217,7 @@ def test_screen_report_degrades(tables):
     assert "plate-table" in page.ids and "SYN001" in text
     assert text.count("Stage not run") == 4  # hits, map, clusters, evaluation
     assert not page.find("a", within="plate-table")  # no links without plate reports
-    with pytest.raises(io.InputDataError, match="no QC tables"):
+    with pytest.raises(InputDataError, match="no QC tables"):
         screen_report([])
 
 
