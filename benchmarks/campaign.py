@@ -175,9 +175,10 @@ def step_novelty(workdir: Path, *, max_controls: int = 20_000, epochs: int = 5,
     import pandas as pd
 
     from cytoscreen import io
+    from cytoscreen.io.stream import ParquetStream
     from cytoscreen.novelty.score import score_profiles
     from cytoscreen.novelty.settings import NoveltySettings
-    from cytoscreen.novelty.stream import ParquetStream, score_plates
+    from cytoscreen.novelty.stream import score_plates
     from cytoscreen.novelty.train import train
     from cytoscreen.plate import negcon_mask
 

@@ -109,7 +109,7 @@ def _cpu() -> float:
 def _run_cytoscreen(src: str, out: str) -> dict:
     from cytoscreen import io
     from cytoscreen.profiles import aggregate, feature_select, normalize
-    from cytoscreen.profiles.stage import read_profiles
+    from cytoscreen.profiles.tables import read_profiles
 
     sites = read_profiles(src)  # what `cytoscreen profiles ...` reads with
     t0, c0 = time.perf_counter(), _cpu()

@@ -190,7 +190,7 @@ def run_score(args: argparse.Namespace) -> int:
 def _stream(path, mode: str) -> bool:
     """Whether ``novelty.streaming`` (``mode``) streams the scoring of ``path`` plate by plate."""
     from cytoscreen.errors import ConfigError
-    from cytoscreen.novelty.stream import STREAM_ABOVE_ROWS, parquet_rows, plates_contiguous
+    from cytoscreen.io.stream import STREAM_ABOVE_ROWS, parquet_rows, plates_contiguous
 
     if mode == "never":
         return False
@@ -213,8 +213,8 @@ def _control_rows(path, reference: str):
     folds, the models and the early stopping are the same as from the whole table)."""
     import pandas as pd
 
+    from cytoscreen.io.stream import plate_tables
     from cytoscreen.novelty.data import reference_rows
-    from cytoscreen.novelty.stream import plate_tables
 
     parts, n = [], 0
     for _, df in plate_tables(path):
@@ -226,7 +226,8 @@ def _control_rows(path, reference: str):
 
 
 def _score_streamed(args, crossfit, options, config) -> int:
-    from cytoscreen.novelty.stream import ParquetStream, plate_tables, score_plates
+    from cytoscreen.io.stream import ParquetStream, plate_tables
+    from cytoscreen.novelty.stream import score_plates
 
     prov = _provenance(args, config)
     if args.residuals:

@@ -37,7 +37,7 @@ def feature_matrix(
     """The features as one float matrix (missing values as NaN), read-only.
 
     No copy is made when the features already form one block of ``dtype`` in the table (as
-    :func:`cytoscreen.profiles.stage.read_profiles` builds it), so callers must not write to it;
+    :func:`cytoscreen.profiles.tables.read_profiles` builds it), so callers must not write to it;
     a block of another float type is converted in one pass (not through ``df[cols]``, which copies).
     """
     native = matrix_dtype(df, cols)
@@ -54,7 +54,7 @@ def feature_matrix(
 
 def block_view(df: pd.DataFrame, cols: Sequence[str], dtype: type) -> np.ndarray | None:
     """A read-only (rows, features) view of ``cols`` when pandas holds them in one ``dtype`` block
-    at a constant column stride (as :func:`cytoscreen.profiles.stage.read_profiles` builds it);
+    at a constant column stride (as :func:`cytoscreen.profiles.tables.read_profiles` builds it);
     None otherwise.  Selecting a list of columns would copy them in pandas 2."""
     if len(cols) == 0 or not df.columns.is_unique:
         return None

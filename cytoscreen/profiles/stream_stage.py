@@ -30,6 +30,16 @@ import numpy as np
 
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
+from cytoscreen.profiles.tables import (
+    SCREEN_FITTED,
+    consensus_parameters,
+    read_profiles,
+    read_selection_record,
+    selection_parameters,
+    selection_paths,
+    upstream_provenance,
+    write_per_plate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +70,7 @@ def blocked(action: str, output: str, opts: Mapping[str, Any], selection=None) -
 
 def input_rows(inputs: Sequence[str]) -> int | None:
     """Rows of all inputs from their Parquet footers (None when one is not Parquet)."""
-    from cytoscreen.novelty.stream import parquet_rows
+    from cytoscreen.io.stream import parquet_rows
 
     total = 0
     for path in inputs:
@@ -74,7 +84,7 @@ def input_rows(inputs: Sequence[str]) -> int | None:
 def use_streaming(action: str, inputs: Sequence[str], output: str, opts: Mapping[str, Any],
                   selection=None) -> bool:
     """Whether ``profiles.streaming`` streams this select or consensus step (module docstring)."""
-    from cytoscreen.novelty.stream import STREAM_ABOVE_ROWS, check_mode
+    from cytoscreen.io.stream import STREAM_ABOVE_ROWS, check_mode
 
     if action not in ("select", "consensus"):
         return False
@@ -121,12 +131,10 @@ def run_streamed(
     config_hash: str | None = None,
 ) -> Path:
     """Run select or consensus streamed; the same outputs as :func:`~cytoscreen.profiles.stage.run_step`."""
-    from cytoscreen.profiles.stage import _upstream
-
     if action == "consensus":
-        return _consensus(inputs, output, opts, config_hash, _upstream(inputs[0]))
+        return _consensus(inputs, output, opts, config_hash, upstream_provenance(inputs[0]))
     return _select(inputs, output, opts, blocklist_file, selection, per_plate_dir, untransformed,
-                   config_hash, _upstream(inputs[0]))
+                   config_hash, upstream_provenance(inputs[0]))
 
 
 def _consensus(inputs, output, opts, config_hash, upstream) -> Path:
@@ -137,13 +145,7 @@ def _consensus(inputs, output, opts, config_hash, upstream) -> Path:
 
     first = pq.ParquetFile(inputs[0]).schema_arrow.empty_table().to_pandas()
     by = resolve_treatment_columns(first, list(opts["consensus_by"]), source=inputs[0])
-    params = {
-        "method": opts["consensus_method"],
-        "by": list(opts["consensus_by"]),
-        "modz_method": opts["modz_method"],
-        "modz_min_weight": opts["modz_min_weight"],
-        "modz_precision": opts["modz_precision"],
-    }
+    params = consensus_parameters(opts)
     rows = input_rows(inputs) or 0
     n_buckets = max(1, min(1024, -(-rows // BUCKET_ROWS)))
     spill = Path(output).with_name(f".{Path(output).name}.spill")
@@ -182,44 +184,19 @@ def _labels(df, by: Sequence[str]):
 
 def _select(inputs, output, opts, blocklist_file, selection, per_plate_dir, untransformed,
             config_hash, upstream) -> Path:
-    import json
     from contextlib import ExitStack
 
-    from cytoscreen.novelty.stream import ParquetStream
+    from cytoscreen.io.stream import ParquetStream
     from cytoscreen.profiles.select import apply_selection
-    from cytoscreen.profiles.stage import (
-        SCREEN_FITTED,
-        read_blocklist,
-        read_profiles,
-        selection_paths,
-        write_per_plate,
-    )
     from cytoscreen.profiles.streaming import stream_select
 
     json_path, tsv_path = selection_paths(output)
     if selection:
-        try:
-            saved = json.loads(Path(selection).read_text(encoding="utf-8"))
-            kept = list(saved["kept"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ConfigError(f"{selection}: not a selection record ({err})") from err
+        kept = read_selection_record(selection)
         params: dict[str, Any] = {"selection": str(selection)}
         record: dict[str, Any] = {"applied_from": str(selection), "kept": kept}
     else:
-        blocklist = list(opts["blocklist"] or [])
-        if blocklist_file:
-            blocklist += read_blocklist(blocklist_file)
-        params = {
-            "operations": list(opts["select_operations"]),
-            "samples": opts["select_samples"],
-            "freq_cut": opts["freq_cut"],
-            "unique_cut": opts["unique_cut"],
-            "corr_threshold": opts["corr_threshold"],
-            "corr_method": opts["corr_method"],
-            "na_cutoff": opts["na_cutoff"],
-            "outlier_cutoff": opts["outlier_cutoff"],
-            "blocklist": blocklist,
-        }
+        params = selection_parameters(opts, blocklist_file)
         chosen = stream_select(inputs, read=read_profiles, **params)
         kept = list(chosen.kept)
         record = chosen.record()

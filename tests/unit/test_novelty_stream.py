@@ -12,10 +12,11 @@ from cytoscreen import io
 from cytoscreen.cli import main
 from cytoscreen.errors import InputDataError
 from cytoscreen.io import NOVELTY_HIT, NOVELTY_POSCON_Z, NOVELTY_QVALUE, PERT_TYPE, PLATE, SITE
+from cytoscreen.io.stream import ParquetStream, plate_tables, plates_contiguous
 from cytoscreen.novelty.data import crossfit_folds
 from cytoscreen.novelty.model import CrossFitModel, NoveltyAutoencoder
 from cytoscreen.novelty.score import score_profiles
-from cytoscreen.novelty.stream import ParquetStream, plate_tables, plates_contiguous, score_plates
+from cytoscreen.novelty.stream import score_plates
 from tests.fixtures.novelty import synthetic_wells
 
 torch.set_num_threads(1)

@@ -223,7 +223,7 @@ def test_stacked_inputs_must_share_features(tmp_path, capsys):
 
 
 def test_read_profiles_matches_pandas(tmp_path):
-    from cytoscreen.profiles.stage import read_profiles
+    from cytoscreen.profiles.tables import read_profiles
 
     df = synthetic_wells(plates=2)
     df.loc[3, "f2"] = np.nan
@@ -256,7 +256,7 @@ def test_read_profiles_keeps_metadata_of_a_sliced_table(tmp_path, copy_on_write)
     import numpy as np
     import pandas as pd
 
-    from cytoscreen.profiles.stage import read_profiles
+    from cytoscreen.profiles.tables import read_profiles
 
     df = pd.DataFrame({
         "Metadata_Plate": ["P1"] * 72,

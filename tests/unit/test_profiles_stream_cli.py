@@ -12,7 +12,7 @@ import yaml
 
 from cytoscreen import io
 from cytoscreen.cli import main
-from cytoscreen.novelty.stream import plate_tables
+from cytoscreen.io.stream import plate_tables
 
 
 def _plates(tmp_path, n_plates=5, wells=48, n_feat=30, seed=0):
@@ -88,7 +88,7 @@ def test_streamed_select_and_consensus_equal_in_memory(tmp_path, monkeypatch, me
 
 
 def test_auto_streams_above_the_row_threshold(tmp_path, monkeypatch):
-    import cytoscreen.novelty.stream as stream
+    import cytoscreen.io.stream as stream
 
     paths = _plates(tmp_path, n_plates=3)
     monkeypatch.setattr(stream, "STREAM_ABOVE_ROWS", 100)  # 144 rows
