@@ -7,9 +7,10 @@ features stage writes ``sites.parquet`` (:func:`cytoscreen.io.write_parquet`).  
 twice:
 
 * ``cytoscreen``: in one process (read, the three library calls, write), like pycytominer;
-* ``cytoscreen_cli``: as the workflow runs it, one ``python -m cytoscreen.cli profiles STEP``
-  process per step (aggregate -> wells.parquet, normalize -> normalized.parquet, select ->
-  selected.parquet), each paying interpreter start, imports, read and write.
+* ``cytoscreen_cli``: as the workflow's rules run it, one ``python -m cytoscreen.cli profiles
+  STEP`` process per rule (``aggregate --normalized`` -> wells.parquet and normalized.parquet, the
+  per-plate job; ``select`` -> selected.parquet, the screen job), each paying interpreter start,
+  imports, read and write.
 
 Every tool or step runs in its own subprocess, so that peak RSS (``ru_maxrss`` of that child, from
 ``os.wait4``) is measured fairly.  Wall and CPU (user + system) time are reported for the whole
@@ -197,23 +198,25 @@ def run_tool(tool: str, src: Path, out: Path) -> dict:
     return {k: round(v, 3) for k, v in result.items()}
 
 
-#: The chain as the workflow's rules run it: (step, output name, extra arguments).
+#: The chain as the workflow's rules run it: (step, output name, extra arguments, the output the
+#: next step reads).  The per-plate rule aggregates and normalizes (schema defaults: mad_robustize
+#: per plate against the negcon wells) in one process.
 CLI_STEPS = (
-    ("aggregate", "wells.parquet", ["--method", "median"]),
-    ("normalize", "normalized.parquet", ["--method", "mad_robustize"]),
-    ("select", "selected.parquet", ["--operations", *OPERATIONS]),
+    ("aggregate", "wells.parquet", ["--method", "median", "--normalized", "{work}/cli_normalized.parquet"],
+     "cli_normalized.parquet"),
+    ("select", "selected.parquet", ["--operations", *OPERATIONS], "cli_selected.parquet"),
 )
 
 
 def run_cli_chain(src: Path, work: Path) -> tuple[dict, Path]:
-    """One ``cytoscreen profiles STEP`` process per step; per-step and total wall, CPU, peak RSS."""
+    """One ``cytoscreen profiles STEP`` process per rule; per-step and total wall, CPU, peak RSS."""
     steps, current = {}, src
-    for step, name, extra in CLI_STEPS:
+    for step, name, extra, following in CLI_STEPS:
         out = work / f"cli_{name}"
         _, usage = _run([sys.executable, "-m", "cytoscreen.cli", "-q", "profiles", step,
-                         str(current), str(out), *extra])
+                         str(current), str(out), *(a.format(work=work) for a in extra)])
         steps[step] = {k: round(v, 3) for k, v in usage.items()}
-        current = out
+        current = work / following
     total = {
         "wall_s": round(sum(s["wall_s"] for s in steps.values()), 3),
         "cpu_s": round(sum(s["cpu_s"] for s in steps.values()), 3),

@@ -152,6 +152,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="qc.parquet whose QC_* flags are joined to the sites on plate/well/site when the "
         "input lacks them",
     )
+    p.add_argument(
+        "--normalized", default=None, metavar="NORMALIZED",
+        help="also normalize the wells with the normalize settings of --config (profiles.normalize_*, "
+        "reference*) and write them here: the same table as `profiles normalize OUTPUT NORMALIZED`, "
+        "in one process (the workflow's per-plate step)",
+    )
 
     p = action(
         "normalize", "normalize per plate against reference wells (pycytominer's methods)",
@@ -279,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         chain_settings(config["profiles"], getattr(args, "chain", "hits"), given_overrides(args)),
         qc=getattr(args, "qc", None), blocklist_file=getattr(args, "blocklist_file", None),
         selection=getattr(args, "selection", None), per_plate_dir=getattr(args, "per_plate_dir", None),
-        untransformed=getattr(args, "untransformed", None),
+        untransformed=getattr(args, "untransformed", None), normalized=getattr(args, "normalized", None),
         config_hash=io.config_hash(config if args.config else None),
     )
     return 0

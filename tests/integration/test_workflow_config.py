@@ -33,7 +33,7 @@ from tests.conftest import CHANNELS, REPO
 pytestmark = pytest.mark.slow
 
 MOA_BRANCH = {"profiles_moa_normalize", "profiles_moa_select", "profiles_consensus", "moa", "report_index", "all"}
-PROFILES_ON = {"profiles_aggregate", "profiles_normalize", "profiles_select", "novelty_train", "novelty_score",
+PROFILES_ON = {"profiles_aggregate", "profiles_select", "novelty_train", "novelty_score",
                "dose", "report_plate"} | MOA_BRANCH
 FEATURES_ON = {"features"} | PROFILES_ON
 QC_ON = {"qc"} | FEATURES_ON
@@ -116,7 +116,7 @@ def test_config_change_reruns_what_it_changes(completed, section, value, expecte
     cfg = write_config(workdir / f"changed_{section}.yaml", changed(config, section, value))
     jobs = plan(snakemake(workdir, "-n", configfile=cfg))
     assert set(jobs) == expected, f"{section} change plans {sorted(jobs)}"
-    per_plate = {"ingest", "qc", "features", "profiles_aggregate", "profiles_normalize", "report_plate"}
+    per_plate = {"ingest", "qc", "features", "profiles_aggregate", "report_plate"}
     assert all(jobs[rule] == 2 for rule in per_plate & set(jobs))
 
 

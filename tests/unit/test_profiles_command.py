@@ -187,6 +187,36 @@ def test_workflow_chain_by_cli(tmp_path):
     assert io.read_provenance(cons)["parameters"]["method"] == "modz"
 
 
+def test_aggregate_with_normalized_equals_the_two_steps(tmp_path, capsys):
+    """``aggregate --normalized`` (the workflow's per-plate job) writes the same wells and the same
+    normalized table, value for value, as ``aggregate`` then ``normalize`` in two processes, with
+    the normalize settings of --config."""
+    sites = synthetic_sites(plates=2, wells=12, sites=3, features=8)
+    sites.to_parquet(tmp_path / "sites.parquet")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"profiles": {"normalize_method": "robustize"}}))
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir(), one.mkdir()
+    assert cli.main(["profiles", "aggregate", str(tmp_path / "sites.parquet"), str(two / "wells.parquet"),
+                     "--config", str(cfg)]) == 0
+    assert cli.main(["profiles", "normalize", str(two / "wells.parquet"), str(two / "normalized.parquet"),
+                     "--config", str(cfg)]) == 0
+    assert cli.main(["profiles", "aggregate", str(tmp_path / "sites.parquet"), str(one / "wells.parquet"),
+                     "--normalized", str(one / "normalized.parquet"), "--config", str(cfg)]) == 0
+    for name in ("wells.parquet", "normalized.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(one / name), pd.read_parquet(two / name),
+                                      check_exact=True)
+    wells = pd.read_parquet(one / "wells.parquet")
+    assert not pd.read_parquet(one / "normalized.parquet").equals(wells)  # it was normalized
+    prov = io.read_provenance(one / "normalized.parquet")
+    assert prov["stage"] == "profiles.normalize" and prov["parameters"]["method"] == "robustize"
+    assert prov["upstream"]["stage"] == "profiles.aggregate"
+    with pytest.raises(SystemExit):  # an option of aggregate only
+        cli.main(["profiles", "normalize", str(one / "wells.parquet"), str(tmp_path / "x.parquet"),
+                  "--normalized", str(tmp_path / "y.parquet")])
+    assert "unrecognized arguments: --normalized" in capsys.readouterr().err
+
+
 def test_select_spherize_and_blocklist_file(tmp_path):
     df = synthetic_wells(plates=2, wells=60, features=6, negcon=40)
     src = tmp_path / "n.parquet"

@@ -1,7 +1,8 @@
 # Profiles stage: sites -> wells -> normalized (per plate) -> feature selection over the whole
 # screen -> consensus.
 #
-# Aggregation and normalization are per plate (normalization uses each plate's own negcon wells).
+# Aggregation and normalization are per plate, in one job (normalization uses each plate's own
+# negcon wells).
 # Feature selection is fitted once on the normalized wells of every plate together, so every plate
 # keeps the same columns (a per-plate selection would give plates different column sets that cannot
 # be stacked for novelty, consensus or MoA); the same call also writes each plate's rows to
@@ -18,7 +19,10 @@ rule profiles_aggregate:
         # with segmentation on, qc_segmented.parquet: QC_low_count sites drop out like any QC_* flag
         qc=SITE_QC,
     output:
-        OUT["wells"],
+        # one process writes both tables (aggregate, then normalize the wells it holds): the
+        # same normalized.parquet as a separate normalize job, without a second interpreter start
+        wells=OUT["wells"],
+        normalized=OUT["normalized"],
     log:
         f"{LOGS}/profiles/aggregate/{{plate}}.log",
     benchmark:
@@ -33,35 +37,13 @@ rule profiles_aggregate:
     conda:
         CONDA_ENV
     shell:
-        "cytoscreen profiles aggregate {input.sites} {output} --qc {input.qc} "
-        "--config {params.cfg} > {log} 2>&1"
-
-
-rule profiles_normalize:
-    input:
-        wells=rules.profiles_aggregate.output[0],
-    output:
-        OUT["normalized"],
-    log:
-        f"{LOGS}/profiles/normalize/{{plate}}.log",
-    benchmark:
-        f"{BENCHMARKS}/profiles/normalize/{{plate}}.tsv"
-    params:
-        cfg=CONFIGFILE,
-        settings=hit_profiles_settings(),
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        CONDA_ENV
-    shell:
-        "cytoscreen profiles normalize {input.wells} {output} --config {params.cfg} > {log} 2>&1"
+        "cytoscreen profiles aggregate {input.sites} {output.wells} --qc {input.qc} "
+        "--normalized {output.normalized} --config {params.cfg} > {log} 2>&1"
 
 
 rule profiles_select:
     input:
-        normalized=expand(rules.profiles_normalize.output[0], plate=PLATES),
+        normalized=expand(rules.profiles_aggregate.output.normalized, plate=PLATES),
     output:
         screen=OUT["selected"],
         record=OUT["selection_record"],
