@@ -9,7 +9,6 @@ between these and the in-memory path (:func:`check_mode`, :data:`STREAM_ABOVE_RO
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ import pandas as pd
 
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.io.atomic import atomic_path
-from cytoscreen.io.columns import METADATA_PREFIX, PLATE, QC_PREFIX
-from cytoscreen.io.tables import PROVENANCE_KEY
+from cytoscreen.io.columns import PLATE
+from cytoscreen.io.tables import parquet_write_options, provenance_metadata
 
 #: ``novelty.streaming`` (and ``profiles.streaming``) values.
 STREAMING_MODES = ("auto", "always", "never")
@@ -136,16 +135,11 @@ class ParquetStream:
         import pyarrow.parquet as pq
 
         if self._writer is None:
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            meta = dict(table.schema.metadata or {})
+            schema = pa.Table.from_pandas(df, preserve_index=False).schema
             if self.provenance is not None:
-                meta[PROVENANCE_KEY] = json.dumps(dict(self.provenance), default=str).encode()
-            self._schema = table.schema.with_metadata(meta)
-            keyed = [f.name for f in self._schema if f.name.startswith((METADATA_PREFIX, QC_PREFIX))
-                     or not pa.types.is_floating(f.type)]
-            codec = {f.name: "zstd" if f.name in set(keyed) else "lz4" for f in self._schema}
-            self._writer = pq.ParquetWriter(self._tmp, self._schema, compression=codec,
-                                            use_dictionary=keyed, write_statistics=keyed)
+                schema = schema.with_metadata(provenance_metadata(schema, self.provenance))
+            self._schema = schema
+            self._writer = pq.ParquetWriter(self._tmp, schema, **parquet_write_options(schema))
         self._pending.append(pa.Table.from_pandas(df, schema=self._schema, preserve_index=False))
         self._pending_rows += len(df)
         self.rows += len(df)

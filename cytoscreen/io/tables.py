@@ -37,17 +37,31 @@ def write_parquet(
 
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
     if provenance is not None:
-        meta = dict(table.schema.metadata or {})
-        meta[PROVENANCE_KEY] = json.dumps(dict(provenance), default=str).encode()
-        table = table.replace_schema_metadata(meta)
-    keyed = [f.name for f in table.schema
-             if f.name.startswith((METADATA_PREFIX, QC_PREFIX)) or not pa.types.is_floating(f.type)]
+        table = table.replace_schema_metadata(provenance_metadata(table.schema, provenance))
     with atomic_path(path) as tmp:
-        zstd = set(keyed)
-        codec = {f.name: "zstd" if f.name in zstd else "lz4" for f in table.schema}
-        pq.write_table(table, tmp, compression=codec, use_dictionary=keyed, write_statistics=keyed)
+        pq.write_table(table, tmp, **parquet_write_options(table.schema))
     logger.debug("wrote %s (%d rows x %d columns)", path, table.num_rows, table.num_columns)
     return Path(path)
+
+
+def provenance_metadata(schema: Any, provenance: Mapping[str, Any]) -> dict:
+    """An Arrow ``schema``'s key-value metadata with ``provenance`` added under :data:`PROVENANCE_KEY`."""
+    meta = dict(schema.metadata or {})
+    meta[PROVENANCE_KEY] = json.dumps(dict(provenance), default=str).encode()
+    return meta
+
+
+def parquet_write_options(schema: Any) -> dict[str, Any]:
+    """The ``pyarrow.parquet`` writer options of :func:`write_parquet` for an Arrow ``schema``:
+    zstd, dictionaries and statistics on the metadata (and other non-float) columns, LZ4 on the
+    float features."""
+    import pyarrow as pa
+
+    keyed = [f.name for f in schema
+             if f.name.startswith((METADATA_PREFIX, QC_PREFIX)) or not pa.types.is_floating(f.type)]
+    zstd = set(keyed)
+    codec = {f.name: "zstd" if f.name in zstd else "lz4" for f in schema}
+    return {"compression": codec, "use_dictionary": keyed, "write_statistics": keyed}
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> Path:
