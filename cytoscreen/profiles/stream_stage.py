@@ -26,8 +26,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cytoscreen import io
 from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.profiles.tables import (
@@ -149,24 +147,14 @@ def _consensus(inputs, output, opts, config_hash, upstream) -> Path:
     rows = input_rows(inputs) or 0
     n_buckets = max(1, min(1024, -(-rows // BUCKET_ROWS)))
     spill = Path(output).with_name(f".{Path(output).name}.spill")
-    first_seen: dict[str, int] = {}  # treatments in order of first appearance, as in memory
-
-    def tables():
-        for name, df in _batches(inputs):
-            for label in dict.fromkeys(_labels(df, by)):
-                first_seen.setdefault(label, len(first_seen))
-            yield name, df
-
-    try:
+    try:  # treatments in order of first appearance, as in memory
         out = stream_consensus(
-            tables(), spill, by=by, n_buckets=n_buckets, method=params["method"],
-            modz_method=params["modz_method"], modz_min_weight=params["modz_min_weight"],
-            modz_precision=params["modz_precision"],
+            _batches(inputs), spill, by=by, n_buckets=n_buckets, order="first",
+            method=params["method"], modz_method=params["modz_method"],
+            modz_min_weight=params["modz_min_weight"], modz_precision=params["modz_precision"],
         )
-        order = np.argsort(_labels(out, by).map(first_seen).to_numpy(), kind="stable")
-        out = out.iloc[order].reset_index(drop=True)
     finally:
-        for stale in spill.glob("bucket*.f32"):
+        for stale in spill.glob("bucket*.*"):
             stale.unlink()
         if spill.exists():
             spill.rmdir()
@@ -175,11 +163,6 @@ def _consensus(inputs, output, opts, config_hash, upstream) -> Path:
     io.write_table(out, output, provenance=prov)
     logger.info("wrote %s (%d treatments, streamed over %d buckets)", output, len(out), n_buckets)
     return Path(output)
-
-
-def _labels(df, by: Sequence[str]):
-    """One string per row naming its treatment (the ``by`` values)."""
-    return df[list(by)].astype(str).agg("\x1f".join, axis=1) if len(by) > 1 else df[by[0]].astype(str)
 
 
 def _select(inputs, output, opts, blocklist_file, selection, per_plate_dir, untransformed,

@@ -22,15 +22,18 @@ the same results from one plate at a time:
     - ``variance_threshold`` (frequency rule): on the reservoir sample, so exact when the screen
       has at most ``sample_rows`` statistic rows, approximate above.
 :func:`stream_consensus`
-    Treatments are hashed into buckets; each plate's feature rows are appended to their bucket's
-    raw float32 file (metadata stays in memory), and
-    every bucket, holding all replicates of its treatments, goes through the product's
-    :func:`~cytoscreen.profiles.consensus.consensus`: exact, memory bounded by one bucket.
+    Treatments are hashed into buckets; each plate's rows are appended to their bucket's files
+    (features as raw float32, metadata as pickled frames), and every bucket, holding all
+    replicates of its treatments, goes through the product's
+    :func:`~cytoscreen.profiles.consensus.consensus`: exact.  The bucket results are spilled too,
+    then written in place into one preallocated float32 output block in their final (sorted)
+    order, so memory is the output once plus one bucket.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -313,6 +316,7 @@ def stream_consensus(
     by: Sequence[str],
     n_buckets: int = 16,
     consensus_fn: Callable[..., pd.DataFrame] | None = None,
+    order: str = "sorted",
     **consensus_options: Any,
 ) -> pd.DataFrame:
     """Per-treatment consensus of a screen given one plate table at a time.
@@ -322,29 +326,86 @@ def stream_consensus(
     tables
         ``(name, table)`` per plate; each table has the ``by`` columns and the features.
     spill_dir
-        Folder for the bucket files (raw float32 features per bucket, removed at the end).
+        Folder for the bucket files (features as raw float32, metadata pickled, per bucket; the
+        consensus of each bucket while the others run; all removed at the end).
     by
         Treatment columns (``resolve_treatment_columns`` of the first plate is a good choice).
     n_buckets
-        Buckets; peak memory is about one bucket (the screen / n_buckets rows).
+        Buckets; besides the output, peak memory is about one bucket (the screen / n_buckets rows).
     consensus_fn
         The consensus of one table (default :func:`cytoscreen.profiles.consensus.consensus`).
+    order
+        ``sorted``: rows sorted by ``by`` (stable); ``first``: in order of first appearance of
+        each treatment in ``tables``, as the in-memory consensus.
 
     Returns
     -------
     DataFrame
-        One row per treatment, the same rows (in treatment order) as the in-memory consensus.
+        One row per treatment, the same rows as the in-memory consensus.  Its features are one
+        float32 block allocated once (each column contiguous) and filled bucket by bucket, so the
+        output is held about once (not concatenated, then sorted).
     """
+    from cytoscreen.profiles.arrays import with_features
     from cytoscreen.profiles.consensus import consensus
 
+    if order not in ("sorted", "first"):
+        raise ConfigError(f"stream_consensus order must be 'sorted' or 'first', not {order!r}")
     consensus_fn = consensus_fn or consensus
     spill = Path(spill_dir)
     spill.mkdir(parents=True, exist_ok=True)
-    for stale in spill.glob("bucket*.f32"):  # left by an interrupted run
+    for stale in spill.glob("bucket*.*"):  # left by an interrupted run
         stale.unlink()
-    # features: one raw float32 file per bucket (appended plate by plate); metadata in memory
-    meta: dict[int, list[pd.DataFrame]] = {}
-    files: dict[int, Path] = {}
+    first_seen: dict[str, int] = {}
+    buckets, features = _spill_buckets(tables, spill, by, n_buckets, first_seen)
+    if not buckets:
+        raise InputDataError("no rows to build a consensus from")
+    # each bucket's consensus: metadata kept (small), features spilled until the output size is known
+    metas = []
+    for b in buckets:
+        rows = _read_pickles(spill / f"bucket{b:04d}.meta")
+        rows = with_features(rows, list(rows.columns),
+                             _read_f32(spill / f"bucket{b:04d}.f32", len(features)), features)
+        part = consensus_fn(rows, by=list(by), source=f"bucket {b}", **consensus_options)
+        del rows
+        cols = io.feature_columns(part)
+        if cols != features:
+            raise InputDataError(f"bucket {b}: the consensus changed the feature columns")
+        meta_cols = [c for c in part.columns if c not in set(cols)]
+        metas.append(part[meta_cols].reset_index(drop=True))
+        np.ascontiguousarray(feature_matrix(part, cols), dtype=np.float32).tofile(
+            spill / f"bucket{b:04d}.out")
+        del part
+    meta = pd.concat(metas, ignore_index=True)
+    perm = meta.sort_values(list(by), kind="stable").index.to_numpy()
+    if order == "first":
+        keys = _treatment_labels(meta.iloc[perm], by).map(first_seen).to_numpy()
+        perm = perm[np.argsort(keys, kind="stable")]
+    meta = meta.iloc[perm].reset_index(drop=True)
+    dest = np.empty(len(perm), dtype=np.int64)
+    dest[perm] = np.arange(len(perm))  # output row of each concatenated bucket row
+    block = np.empty((len(features), len(perm)), dtype=np.float32)  # (features, rows): columns contiguous
+    start = 0
+    for b, part_meta in zip(buckets, metas, strict=True):
+        values = _read_f32(spill / f"bucket{b:04d}.out", len(features))
+        block[:, dest[start:start + len(part_meta)]] = values.T
+        start += len(part_meta)
+        del values
+    return with_features(meta, list(meta.columns), block.T, features)
+
+
+def _treatment_labels(df: pd.DataFrame, by: Sequence[str]) -> pd.Series:
+    """One string per row naming its treatment (the ``by`` values)."""
+    if len(by) > 1:
+        return df[list(by)].astype(str).agg("\x1f".join, axis=1)
+    return df[by[0]].astype(str)
+
+
+def _spill_buckets(tables, spill: Path, by: Sequence[str], n_buckets: int,
+                   first_seen: dict[str, int]) -> tuple[list[int], list[str]]:
+    """Append every plate's rows to their treatment bucket's files: ``bucket<b>.f32`` (features,
+    raw float32) and ``bucket<b>.meta`` (the metadata rows, pickled frames); fills ``first_seen``
+    (treatment label -> order of first appearance).  Returns the buckets used and the features."""
+    used: set[int] = set()
     features: list[str] | None = None
     for name, df in tables:
         missing = [b for b in by if b not in df.columns]
@@ -355,25 +416,37 @@ def stream_consensus(
             features = cols
         elif cols != features:
             raise InputDataError(f"{name}: its feature columns differ from the first table's")
-        label = df[list(by)].astype(str).agg("\x1f".join, axis=1) if len(by) > 1 else df[by[0]]
+        label = _treatment_labels(df, by)
+        for key in dict.fromkeys(label):
+            first_seen.setdefault(key, len(first_seen))
         bucket = treatment_bucket(label, n_buckets)
         x = np.ascontiguousarray(feature_matrix(df, cols), dtype=np.float32)
         meta_cols = [c for c in df.columns if c not in set(cols)]
-        for b in np.unique(bucket):
+        for b in np.unique(bucket).tolist():
             rows = bucket == b
-            path = files.setdefault(int(b), spill / f"bucket{int(b):04d}.f32")
-            with open(path, "ab") as fh:
+            with open(spill / f"bucket{b:04d}.f32", "ab") as fh:
                 x[rows].tofile(fh)
-            meta.setdefault(int(b), []).append(df.loc[rows, meta_cols].reset_index(drop=True))
-    parts = []
-    for b in sorted(files):
-        values = np.fromfile(files[b], dtype=np.float32).reshape(-1, len(features))
-        rows = pd.concat(meta.pop(b), ignore_index=True)
-        rows = pd.concat([rows, pd.DataFrame(values, columns=features, copy=False)], axis=1)
-        parts.append(consensus_fn(rows, by=list(by), source=f"bucket {b}", **consensus_options))
-        files[b].unlink()
-        del rows, values
-    if not parts:
-        raise InputDataError("no rows to build a consensus from")
-    out = pd.concat(parts, ignore_index=True)
-    return out.sort_values(list(by), kind="stable", ignore_index=True)
+            with open(spill / f"bucket{b:04d}.meta", "ab") as fh:
+                pickle.dump(df.loc[rows, meta_cols].reset_index(drop=True), fh,
+                            protocol=pickle.HIGHEST_PROTOCOL)
+            used.add(b)
+    return sorted(used), features or []
+
+
+def _read_f32(path: Path, n_features: int) -> np.ndarray:
+    values = np.fromfile(path, dtype=np.float32).reshape(-1, n_features)
+    path.unlink()
+    return values
+
+
+def _read_pickles(path: Path) -> pd.DataFrame:
+    """The frames pickled one after another into ``path`` (written by this module), concatenated."""
+    frames = []
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                frames.append(pickle.load(fh))  # noqa: S301 - our own spill file
+            except EOFError:
+                break
+    path.unlink()
+    return pd.concat(frames, ignore_index=True)

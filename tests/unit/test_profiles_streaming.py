@@ -122,3 +122,25 @@ def test_stream_consensus_equals_in_memory(tmp_path, method):
     feats = [f"f{j:02d}" for j in range(8)]
     np.testing.assert_allclose(streamed[feats].to_numpy(), whole[feats].to_numpy(), atol=1e-5)
     assert not list((tmp_path / "spill").iterdir())
+
+
+@pytest.mark.parametrize("method", ["median", "modz"])
+@pytest.mark.parametrize("order", ["sorted", "first"])
+def test_stream_consensus_same_table_as_in_memory(tmp_path, method, order):
+    """Same rows, same order, same values and dtypes as the in-memory consensus (two ``by`` columns,
+    missing values); the features are one float32 block with contiguous columns."""
+    plates = _screen(n_feat=8, nan=True)
+    for p, df in enumerate(plates):
+        df.insert(4, io.CONCENTRATION, np.where(np.arange(len(df)) % 3 == 0, 1.0, 10.0) + p % 2)
+    by = [io.PERTURBATION, io.CONCENTRATION]
+    whole = consensus(pd.concat(plates, ignore_index=True), by=by, method=method)
+    if order == "sorted":
+        whole = whole.sort_values(by, kind="stable", ignore_index=True)
+    streamed = stream_consensus(((str(i), df) for i, df in enumerate(plates)), tmp_path / "spill",
+                                by=by, n_buckets=4, method=method, order=order)
+    pd.testing.assert_frame_equal(streamed, whole, check_exact=True)
+    assert len(streamed) > 20 and streamed[io.N_WELLS].max() > 1
+    assert streamed["f03"].to_numpy().flags.c_contiguous
+    assert not list((tmp_path / "spill").iterdir())
+    with pytest.raises(ConfigError, match="order"):
+        stream_consensus(iter([]), tmp_path / "spill", by=by, order="random")
