@@ -28,6 +28,7 @@ class ReportSettings:
     thumbnail_percentiles: tuple[float, float] = (0.5, 99.5)
     channel_colors: tuple[tuple[str, str], ...] = ()
     max_scatter_points: int = 5000
+    max_map_points: int = 20000
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> ReportSettings:

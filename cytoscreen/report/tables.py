@@ -2,6 +2,7 @@
 
 - :func:`plate_summary`: headline numbers of a plate; :func:`hit_list`: the hit wells;
 - :func:`moa_columns`, :func:`treatment_labels`, :func:`cluster_table`: the MoA stage's clusters;
+- :func:`map_sample`: the treatments drawn on the UMAP (a capped sample at campaign scale);
 - :func:`pca_2d`: a two-component PCA of well profiles (batch effects);
 - :func:`evaluation_rows`: the headline metrics of ``evaluation.json``.
 """
@@ -234,3 +235,74 @@ def evaluation_rows(evaluation: Mapping[str, Any]) -> list[tuple[str, Any, str]]
                     (f"clustering.{key}", clustering[key], f"clustering {key.replace('_', ' ')}")
                 )
     return rows
+
+
+@dataclass(frozen=True)
+class MapSample:
+    """The treatments drawn on the screen report's UMAP (:func:`map_sample`)."""
+
+    keep: np.ndarray  #: row positions drawn, in table order
+    total: int  #: treatments in the table
+    poscon: int  #: poscon treatments (all drawn)
+    hits: int  #: treatments with a novelty hit well
+    hits_shown: int  #: of which drawn
+
+    @property
+    def sampled(self) -> bool:
+        """Whether some treatments are left out."""
+        return len(self.keep) < self.total
+
+
+def _treatment_keys(table: pd.DataFrame, by: Sequence[str]) -> pd.Series:
+    keys = table[by[0]].astype(str)
+    for col in by[1:]:
+        keys = keys + "\x1f" + table[col].astype(str)
+    return keys
+
+
+def map_sample(
+    moa: pd.DataFrame,
+    columns: MoaColumns | None = None,
+    *,
+    novelty: pd.DataFrame | None = None,
+    max_points: int = 20_000,
+    seed: int = 0,
+) -> MapSample:
+    """The treatments of ``moa`` to draw on the UMAP, at most ``max_points`` (when there are more).
+
+    Every poscon treatment (``Metadata_pert_type`` of the MoA table, else of the novelty wells) is
+    drawn, then the treatments with a novelty hit well (matched on perturbation and concentration,
+    when both tables have them), then a seeded random sample of the rest fills the cap.  When the
+    poscon and hit treatments alone exceed the cap, a seeded random sample of the hits fills it.
+    """
+    n = len(moa)
+    pos = np.zeros(n, dtype=bool)
+    hit = np.zeros(n, dtype=bool)
+    by = [c for c in (io.PERTURBATION, io.CONCENTRATION) if c in moa.columns]
+    if novelty is not None and by:
+        by = [c for c in by if c in novelty.columns]
+    keys = _treatment_keys(moa, by) if by and io.PERTURBATION in by else None
+    pert_type = columns.pert_type if columns is not None else None
+    if pert_type is None and io.PERT_TYPE in moa.columns:
+        pert_type = io.PERT_TYPE
+    if pert_type is not None:
+        pos = (moa[pert_type].astype(str).str.strip().str.lower() == "poscon").to_numpy()
+    elif keys is not None and novelty is not None and io.PERT_TYPE in novelty.columns:
+        wells = novelty[novelty[io.PERT_TYPE].astype(str).str.strip().str.lower() == "poscon"]
+        pos = keys.isin(set(_treatment_keys(wells, by))).to_numpy()
+    if keys is not None and novelty is not None and io.NOVELTY_HIT in novelty.columns:
+        wells = novelty[novelty[io.NOVELTY_HIT].fillna(False).astype(bool)]
+        hit = keys.isin(set(_treatment_keys(wells, by))).to_numpy() & ~pos
+    n_pos, n_hit = int(pos.sum()), int(hit.sum())
+    if n <= max_points:
+        return MapSample(np.arange(n), n, n_pos, n_hit, n_hit)
+    rng = np.random.default_rng(seed)
+    chosen = [np.flatnonzero(pos)]
+    room = max(0, max_points - n_pos)
+    for tier in (hit, ~pos & ~hit):
+        rows = np.flatnonzero(tier)
+        take = min(room, len(rows))
+        chosen.append(rows if take == len(rows) else rng.choice(rows, take, replace=False))
+        room -= take
+    keep = np.sort(np.concatenate(chosen))
+    return MapSample(keep, n, n_pos, n_hit, int(hit[keep].sum()))

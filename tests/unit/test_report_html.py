@@ -3,6 +3,7 @@
 import base64
 import io as _io
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from cytoscreen.dose import fit
 from cytoscreen.errors import InputDataError
 from cytoscreen.qc import METRICS as QC_METRICS
 from cytoscreen.report import controls as rc
+from cytoscreen.report import tables as rt
 from cytoscreen.report import wells as rw
 from cytoscreen.report.pages.plate import plate_report
 from cytoscreen.report.pages.screen import screen_report
@@ -209,6 +211,31 @@ def test_screen_report(tables, report_screen):
     assert "0.61" in text and "nscb" in text  # evaluation metrics
     assert external_references(text) == [] and "http" not in text.replace("http-equiv", "")
     assert "Stage not run" not in text
+
+
+def test_screen_report_caps_the_treatment_map(tables):
+    """Above report.max_map_points the UMAP draws a sample, says so, and keeps poscon and hits;
+    the rest of the page is unchanged."""
+    from cytoscreen.report.settings import ReportSettings
+
+    qcs = [tables[p]["qc"] for p in ("SYN001", "SYN002")]
+    moa, novelty = tables["moa"], tables["novelty"]
+    kwargs = {"novelty": novelty, "moa": moa, "evaluation": tables["evaluation"]}
+    full = screen_report(qcs, **kwargs)
+    assert "umap-sampled" not in PageParser(full).ids  # under the cap: all drawn, no note
+    cap = len(moa) - 2
+    capped = screen_report(qcs, **kwargs, settings=ReportSettings(max_map_points=cap))
+    page = PageParser(capped)
+    shown = page.find("circle", cls="pt", within="umap-cluster")
+    assert len(shown) == cap
+    assert f"{cap:,} of {len(moa):,} treatments shown" in capped
+    drawn = rt.map_sample(moa, rt.moa_columns(moa), novelty=novelty, max_points=cap)
+    titles = [t for t in re.findall(r"<title>([^<]*)</title>", capped) if " \u00b7 " in t]
+    labels = rt.treatment_labels(moa, rt.moa_columns(moa))
+    assert {t.split(" \u00b7 ")[0] for t in titles} == set(labels.iloc[drawn.keep])
+    # the sections other than the map are the same as without the cap
+    assert capped.split('id="clusters"')[1] == full.split('id="clusters"')[1]
+    assert capped.split('id="umap"')[0] == full.split('id="umap"')[0]
 
 
 def test_screen_report_degrades(tables):

@@ -180,3 +180,42 @@ def test_evaluation_rows():
         {"nsc": 0.5, "nscb": None, "nsc_details": {"a": 1}, "clustering": {"n_clusters": 4}}
     )
     assert [r[0] for r in rows] == ["nsc", "nscb", "clustering.n_clusters"]
+
+
+def test_map_sample_keeps_poscon_and_hits_then_a_seeded_sample():
+    n = 30
+    moa = pd.DataFrame({
+        io.PERTURBATION: [f"c{i:02d}" for i in range(n)],
+        io.CONCENTRATION: [1.0] * n,
+        io.PERT_TYPE: ["poscon" if i in (3, 17) else "trt" for i in range(n)],
+        io.UMAP_1: np.arange(n, dtype=float), io.UMAP_2: np.zeros(n),
+    })
+    novelty = pd.DataFrame({  # two wells per treatment; hits on c05, c11, c17 (poscon), c29
+        io.PLATE: "P1", io.WELL: [f"W{i}" for i in range(2 * n)],
+        io.PERTURBATION: [f"c{i % n:02d}" for i in range(2 * n)],
+        io.CONCENTRATION: 1.0, io.NOVELTY_SCORE: 0.0,
+        io.NOVELTY_HIT: [i in (5, 11 + n, 17, 29) for i in range(2 * n)],
+    })
+    cols = rt.moa_columns(moa)
+    full = rt.map_sample(moa, cols, novelty=novelty, max_points=30)
+    assert not full.sampled and list(full.keep) == list(range(n))
+    assert (full.poscon, full.hits, full.hits_shown) == (2, 3, 3)
+    drawn = rt.map_sample(moa, cols, novelty=novelty, max_points=10)
+    assert drawn.sampled and len(drawn.keep) == 10 and drawn.total == n
+    assert {3, 17, 5, 11, 29} <= set(drawn.keep.tolist())  # every poscon and hit treatment
+    assert list(drawn.keep) == sorted(drawn.keep)  # table order
+    again = rt.map_sample(moa, cols, novelty=novelty, max_points=10)
+    assert list(again.keep) == list(drawn.keep)  # deterministic (seeded)
+    other = rt.map_sample(moa, cols, novelty=novelty, max_points=10, seed=1)
+    assert list(other.keep) != list(drawn.keep) and {3, 17, 5, 11, 29} <= set(other.keep.tolist())
+    # a cap below poscon + hits: every poscon, a sample of the hits
+    tight = rt.map_sample(moa, cols, novelty=novelty, max_points=3)
+    assert len(tight.keep) == 3 and {3, 17} <= set(tight.keep.tolist())
+    assert (tight.hits, tight.hits_shown) == (3, 1)
+    # no pert type in the MoA table: poscon treatments from the novelty wells' pert type
+    wells = novelty.assign(**{io.PERT_TYPE: ["poscon" if i % n == 3 else "trt" for i in range(2 * n)]})
+    bare = rt.map_sample(moa.drop(columns=[io.PERT_TYPE]), None, novelty=wells, max_points=10)
+    assert bare.poscon == 1 and bare.hits == 4 and {3, 5, 11, 17, 29} <= set(bare.keep.tolist())
+    # no novelty: only the cap
+    plain = rt.map_sample(moa.drop(columns=[io.PERT_TYPE]), None, max_points=7)
+    assert len(plain.keep) == 7 and plain.hits == plain.poscon == 0

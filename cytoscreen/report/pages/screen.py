@@ -90,6 +90,7 @@ def _umap_section(
     profiles: pd.DataFrame | None,
     settings: ReportSettings,
     pca_note: str,
+    novelty: pd.DataFrame | None = None,
 ) -> str:
     blocks = []
     if moa is None:
@@ -102,6 +103,11 @@ def _umap_section(
                 f"{esc(io.UMAP_2)} or names ending in umap_1 / umap_2).</p>"
             )
         else:
+            drawn = tables.map_sample(moa, cols, novelty=novelty,
+                                      max_points=settings.max_map_points)
+            if drawn.sampled:
+                moa = moa.iloc[drawn.keep]
+                blocks.append(_map_note(drawn))
             labels = tables.treatment_labels(moa, cols)
             tips = []
             for i, rec in enumerate(moa.to_dict(orient="records")):
@@ -175,6 +181,16 @@ def _umap_section(
                     f'<span class="d">{esc(pca_note)}</span></figcaption>{svg}</figure>'
                 )
     return '<div class="grid">' + "".join(blocks) + "</div>"
+
+
+def _map_note(drawn: tables.MapSample) -> str:
+    hits = (f"all {drawn.hits:,} hit treatments" if drawn.hits_shown == drawn.hits
+            else f"{drawn.hits_shown:,} of {drawn.hits:,} hit treatments (a random sample)")
+    return (
+        f'<p class="legend" id="umap-sampled">{len(drawn.keep):,} of {drawn.total:,} treatments '
+        f"shown: all {drawn.poscon:,} poscon treatments, {hits} and a random sample of the rest "
+        f"(report.max_map_points).</p>"
+    )
 
 
 def _clusters_section(moa: pd.DataFrame | None) -> str:
@@ -274,7 +290,8 @@ def screen_report(
             "&ge; 0.5 excellent, 0 to 0.5 acceptable, &lt; 0 poor). Click a plate for its report.",
         ),
         section("hits", "Hits", _hits_section(novelty, links)),
-        section("umap", "Treatment map", _umap_section(moa, profiles, settings, profiles_note)),
+        section("umap", "Treatment map", _umap_section(moa, profiles, settings, profiles_note,
+                                                            novelty)),
         section("clusters", "Clusters", _clusters_section(moa)),
         section("evaluation", "MoA evaluation", _evaluation_section(evaluation)),
     ]
