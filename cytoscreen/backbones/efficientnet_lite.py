@@ -57,10 +57,13 @@ def _last_block_at_stride(net: nn.Module, stride: int) -> int:
 def _efficientnet_lite(variant: str, spec: BackboneSpec, weights: str | None) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name(f"efficientnet-{variant}")
+    if weights is None:
+        net = EfficientNet.from_name(f"efficientnet-{variant}")
+    else:  # no random init to overwrite: build on the meta device, adopt the file's tensors
+        with torch.device("meta"):
+            net = EfficientNet.from_name(f"efficientnet-{variant}")
+        load_weights(net, weights, name=spec.name, assign=True)
     trunk = _EfficientNetLiteTrunk(net)
-    if weights is not None:
-        load_weights(net, weights, name=spec.name)
     _fuse_for_inference(net)
     return trunk
 
@@ -76,22 +79,19 @@ def _fuse_for_inference(net: nn.Module) -> None:
     "same" padding into the convolution's own padding (saves a copy) and makes ReLU6 in place;
     on CPU this is about a third faster.  The weights checksum still refers to the file.
     """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     net.eval()
 
     def fuse(owner: nn.Module, conv_name: str, bn_name: str) -> None:
         conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
         if conv is None or not isinstance(bn, nn.BatchNorm2d):
             return
-        fused = fuse_conv_bn_eval(conv, bn)
-        pad = getattr(fused, "static_padding", None)
+        _fold_bn_into_conv(conv, bn)
+        pad = getattr(conv, "static_padding", None)
         if isinstance(pad, nn.ZeroPad2d):
             left, right, top, bottom = pad.padding
             if left == right and top == bottom:
-                fused.padding = (top, left)
-                fused.static_padding = nn.Identity()
-        setattr(owner, conv_name, fused)
+                conv.padding = (top, left)
+                conv.static_padding = nn.Identity()
         setattr(owner, bn_name, nn.Identity())
 
     for conv_name, bn_name in _CONV_BN_PAIRS:
@@ -103,6 +103,23 @@ def _fuse_for_inference(net: nn.Module) -> None:
             block._swish = nn.ReLU6(inplace=True)
     if isinstance(net._swish, nn.ReLU6):
         net._swish = nn.ReLU6(inplace=True)
+
+
+def _fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold eval-mode ``bn`` into ``conv`` in place (the weight scaled where it lies, a new bias).
+
+    The same arithmetic as ``torch.nn.utils.fusion.fuse_conv_bn_weights`` (bit-equal results)
+    without its deep copy of the convolution: fresh memory is what set-up time goes to.
+    """
+    with torch.no_grad():
+        rm, rv = bn.running_mean, bn.running_var
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(rm)
+        bn_w = bn.weight if bn.weight is not None else torch.ones_like(rm)
+        bn_b = bn.bias if bn.bias is not None else torch.zeros_like(rm)
+        rsqrt = torch.rsqrt(rv + bn.eps)
+        shape = [-1, 1] + [1] * (conv.weight.dim() - 2)
+        conv.weight.mul_((bn_w * rsqrt).reshape(shape))
+        conv.bias = nn.Parameter((bias - rm) * rsqrt * bn_w + bn_b, requires_grad=False)
 
 
 # Widths checked against the package: the head is fixed at 1280 for all Lite variants; the

@@ -90,10 +90,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike, *, name: str,
-                 ignore: Callable[[str], bool] | None = None) -> None:
+                 ignore: Callable[[str], bool] | None = None, assign: bool = False) -> None:
     """Load the state dict at ``path`` into ``module`` strictly; ModelError on any mismatch.
 
     ``ignore`` names keys of the file that may be left unused (e.g. a classifier head).
+    ``assign``: the module adopts the file's tensors instead of copying them into its own (for
+    a module built on the meta device: no random init, no second copy of the weights).
     """
     state = load_state_dict(path)
     own = module.state_dict()
@@ -113,4 +115,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike, *, name: str,
             f"{path}: weights do not match the architecture of backbone {name}: "
             f"{'; '.join(parts)}; name the weights file made for this architecture"
         )
-    module.load_state_dict({k: state[k] for k in own}, strict=True)
+    # adopted tensors are made contiguous, as a copy into the module's own parameters would be
+    # (some files store transposed weights; a strided weight would change the matmul's rounding)
+    module.load_state_dict({k: state[k].contiguous() if assign else state[k] for k in own},
+                           strict=True, assign=assign)

@@ -9,7 +9,8 @@ the work was split across devices.
 :class:`SiteDataset` reads all channels of one site (TIFF page or Zarr plane through
 ``cytoscreen.io.read_image``) and preprocesses them in the DataLoader worker.
 :func:`fit_reference` streams the reference sites once to fit the per-plate illumination
-functions and the negcon intensity levels.
+functions and the negcon intensity levels (:func:`start_reference`: its workers start at once, so
+the caller's next step overlaps the reads).
 """
 
 from __future__ import annotations
@@ -189,7 +190,9 @@ class SiteDataset(Dataset):
 
     Items are ``{"index": int, "image": float32 tensor (C, T, P, P)}`` with T tiles (1 when
     resizing).  ``mode="levels"`` yields ``(C, 2)`` intensity levels of the fitted, unscaled site
-    instead and ``mode="raw"`` the float images at native size (both for :func:`fit_reference`).
+    instead and ``mode="raw"`` the float images at native size (both for :func:`fit_reference`);
+    ``mode="fitted"`` yields ``{"index", "fitted"}``: the site before intensity scaling (step 4
+    is then :func:`cytoscreen.features.preprocess.scale_site` where the batch is consumed).
 
     ``mode="planes"`` leaves steps 2-4 of the preprocessing to the device (``spatial: resize``
     only): items are ``{"index", "planes": (C, H, W) tensor of the images as read (uint8/uint16
@@ -209,7 +212,7 @@ class SiteDataset(Dataset):
         self.prep = prep
         self.channels = tuple(channels) or tuple(f"channel{c}" for c in range(len(self.paths[0]) if self.paths else 0))
         self.indices = list(range(len(self.paths))) if indices is None else [int(i) for i in indices]
-        if mode not in ("embed", "levels", "raw", "planes"):
+        if mode not in ("embed", "levels", "raw", "planes", "fitted"):
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = mode
 
@@ -260,6 +263,8 @@ class SiteDataset(Dataset):
         if self.mode == "levels":
             levels = [pp.channel_levels(fitted[c], self.prep.percentiles) for c in range(fitted.shape[0])]
             return {"index": site, "levels": torch.tensor(levels, dtype=torch.float64)}
+        if self.mode == "fitted":  # intensity scaling left to the consumer (levels fitted meanwhile)
+            return {"index": site, "fitted": fitted}
         return {"index": site, "image": pp.scale_site(fitted, self.prep)}
 
 
@@ -315,9 +320,114 @@ def _spread(candidates: np.ndarray, max_sites: int) -> np.ndarray:
     return candidates[stats.spread(len(candidates), max_sites)]
 
 
-def _stream(dataset: SiteDataset, num_workers: int):
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
-    yield from loader
+def _loader(dataset: SiteDataset, num_workers: int, *, prefetch_all: bool = False) -> DataLoader:
+    """Items one by one; ``prefetch_all``: each worker is handed all its items at once (small items)."""
+    extra = {}
+    if prefetch_all and num_workers > 0:
+        extra["prefetch_factor"] = max(2, -(-len(dataset) // num_workers))
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, **extra)
+
+
+class ReferenceFit:
+    """:func:`fit_reference` under way: :func:`start_reference` starts the DataLoader workers of
+    the first pass, which read and fit the reference sites while the caller does other work (the
+    backbone set-up); :meth:`result` collects them and returns the completed settings.
+
+    The passes, their sites and their arithmetic are those of :func:`fit_reference`; only the
+    start of the first pass moves earlier.  :meth:`close` stops workers that are still running.
+    """
+
+    def __init__(self, table: SiteTable, prep: pp.Preprocessing, *, illum_correction: bool,
+                 illum_sigma_px: float, max_sites: int, num_workers: int, plate: str) -> None:
+        self.table, self.prep = table, prep
+        self.illum_sigma_px, self.max_sites, self.num_workers = illum_sigma_px, max_sites, num_workers
+        self.where = f"plate {plate}" if plate else "plate"
+        self._illum_ds: SiteDataset | None = None
+        self._negcon: np.ndarray | None = None
+        self._iter = None
+        passed = np.flatnonzero(table.qc_passed())
+        if illum_correction:
+            chosen = _spread(passed if len(passed) else np.arange(len(table)), max_sites)
+            self._illum_ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels,
+                                         indices=chosen, mode="raw", scales=table.scales)
+        if prep.scaling == "negcon":
+            is_neg, rule = negcon_rule(table.sites)
+            candidates = np.flatnonzero(is_neg & table.qc_passed())
+            if len(candidates) == 0:
+                raise InputDataError(
+                    f"{self.where}: no QC-passed negcon site ({int(is_neg.sum())} negcon sites in "
+                    f"all; {rule}) to fix the intensity scale; mark negcon wells in the platemap or "
+                    f"set features.scaling: image"
+                )
+            self._negcon = _spread(candidates, max_sites)
+        if num_workers > 0:  # workers start now and read ahead
+            if self._illum_ds is not None:
+                self._iter = iter(_loader(self._illum_ds, num_workers))
+            elif self._negcon is not None:
+                self._iter = iter(_loader(self._levels_ds(prep), num_workers, prefetch_all=True))
+
+    def _levels_ds(self, prep: pp.Preprocessing) -> SiteDataset:
+        t = self.table
+        return SiteDataset(t.paths, t.frames, prep, channels=t.channels, indices=self._negcon,
+                           mode="levels", scales=t.scales)
+
+    def _items(self, dataset: SiteDataset, *, prefetch_all: bool = False):
+        it, self._iter = self._iter, None
+        return it if it is not None else iter(_loader(dataset, self.num_workers, prefetch_all=prefetch_all))
+
+    def result(self) -> pp.Preprocessing:
+        """Finish the passes; the settings with ``illum`` and/or ``levels`` filled in."""
+        table, prep = self.table, self.prep
+        if self._illum_ds is not None:
+            acc = pp.IlluminationAccumulator(len(table.channels))
+            for item in self._items(self._illum_ds):
+                try:
+                    acc.add([t.numpy() for t in item["image"]])
+                except ValueError as err:
+                    raise InputDataError(
+                        f"{table.paths[item['index']][0]}: {err}; illumination correction needs "
+                        f"one image size per channel"
+                    ) from err
+            prep = replace(prep, illum=acc.functions(self.illum_sigma_px))
+            logger.info("%s: illumination functions from %d sites (sigma %.1f px)", self.where,
+                        acc.count, self.illum_sigma_px)
+        if self._negcon is not None:
+            items = self._items(self._levels_ds(prep), prefetch_all=True)
+            per_site = np.stack([item["levels"].numpy() for item in items])
+            levels = pp.reference_levels(per_site)
+            prep = replace(prep, levels=levels)
+            shown = ", ".join(f"{c} {lo:.4g}-{hi:.4g}"
+                              for c, (lo, hi) in zip(table.channels, levels, strict=True))
+            logger.info("%s: negcon intensity levels from %d sites: %s", self.where,
+                        len(self._negcon), shown)
+        return prep
+
+    def close(self) -> None:
+        """Stop the workers of a pass that was started but not collected."""
+        it, self._iter = self._iter, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def start_reference(
+    table: SiteTable,
+    prep: pp.Preprocessing,
+    *,
+    illum_correction: bool = False,
+    illum_sigma_px: float = 50.0,
+    max_sites: int = 128,
+    num_workers: int = 0,
+    plate: str = "",
+) -> ReferenceFit:
+    """Start :func:`fit_reference` (same arguments); finish it with ``.result()``, then ``.close()``.
+
+    With ``num_workers > 0`` the first pass's workers start reading at once, so the caller's
+    next step (building the backbone) overlaps the reads; a plate without QC-passed negcon sites
+    raises here already.
+    """
+    return ReferenceFit(table, prep, illum_correction=illum_correction, illum_sigma_px=illum_sigma_px,
+                        max_sites=max_sites, num_workers=num_workers, plate=plate)
 
 
 def fit_reference(
@@ -342,39 +452,9 @@ def fit_reference(
         ``scaling="negcon"`` on a plate without QC-passed negcon sites (or without
         ``Metadata_pert_type``).
     """
-    passed = np.flatnonzero(table.qc_passed())
-    where = f"plate {plate}" if plate else "plate"
-    if illum_correction:
-        chosen = _spread(passed if len(passed) else np.arange(len(table)), max_sites)
-        ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen, mode="raw",
-                         scales=table.scales)
-        acc = pp.IlluminationAccumulator(len(table.channels))
-        for item in _stream(ds, num_workers):
-            try:
-                acc.add([t.numpy() for t in item["image"]])
-            except ValueError as err:
-                raise InputDataError(
-                    f"{table.paths[item['index']][0]}: {err}; illumination correction needs one image "
-                    f"size per channel"
-                ) from err
-        prep = replace(prep, illum=acc.functions(illum_sigma_px))
-        logger.info("%s: illumination functions from %d sites (sigma %.1f px)", where, acc.count, illum_sigma_px)
-    if prep.scaling == "negcon":
-        is_neg, rule = negcon_rule(table.sites)
-        candidates = np.flatnonzero(is_neg & table.qc_passed())
-        if len(candidates) == 0:
-            raise InputDataError(
-                f"{where}: no QC-passed negcon site ({int(is_neg.sum())} negcon sites in all; {rule}) "
-                f"to fix the intensity scale; mark negcon wells in the platemap or set "
-                f"features.scaling: image"
-            )
-        chosen = _spread(candidates, max_sites)
-        ds = SiteDataset(table.paths, table.frames, prep, channels=table.channels, indices=chosen,
-                         mode="levels", scales=table.scales)
-        per_site = np.stack([item["levels"].numpy() for item in _stream(ds, num_workers)])
-        levels = pp.reference_levels(per_site)
-        prep = replace(prep, levels=levels)
-        shown = ", ".join(f"{c} {lo:.4g}-{hi:.4g}" for c, (lo, hi) in zip(table.channels, levels, strict=True))
-        logger.info("%s: negcon intensity levels from %d sites: %s", where, len(chosen), shown)
-    return prep
-
+    fit = start_reference(table, prep, illum_correction=illum_correction, illum_sigma_px=illum_sigma_px,
+                          max_sites=max_sites, num_workers=num_workers, plate=plate)
+    try:
+        return fit.result()
+    finally:
+        fit.close()

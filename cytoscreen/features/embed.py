@@ -3,22 +3,23 @@
 Execution is Lightning's ``Trainer.predict``: :class:`SiteEmbedder` (a LightningModule) turns a
 batch of preprocessed sites ``(B, C, T, P, P)`` into site vectors ``(B, C * width)`` (each channel
 replicated to RGB, ImageNet-normalised, channels-last, pooled, tiles averaged, channels
-concatenated); :class:`ShardWriter` (a ``BasePredictionWriter``) streams every rank's rows into its
-own Parquet shard and, once all ranks are done, global rank 0 merges the shards in dataset order
-(= sorted site keys) into the output, written atomically with provenance.  Because rows are placed
-by dataset index, 1 and N devices give the same table.  Under DDP every rank runs the same code
-(the reference pass included, which is deterministic); only rank 0 writes the output.
+concatenated); :class:`~cytoscreen.features.shards.ShardWriter` (a ``BasePredictionWriter``)
+streams every rank's rows into its own Parquet shard and, once all ranks are done, global rank 0
+merges the shards in dataset order (= sorted site keys) into the output, written atomically with
+provenance.  Because rows are placed by dataset index, 1 and N devices give the same table.  Under
+DDP every rank runs the same code (the reference pass included, which is deterministic); only
+rank 0 writes the output.  On one CPU process the DataLoader workers start before the backbone
+is built and the negcon levels are fitted (both overlap their reads).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,10 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from cytoscreen import compute, io
-from cytoscreen.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, create_backbone
+from cytoscreen.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, backbone_spec, create_backbone
 from cytoscreen.errors import ComputeError, ConfigError, CytoscreenError
 from cytoscreen.features import preprocess as pp
 from cytoscreen.features.dataset import (
@@ -39,9 +39,10 @@ from cytoscreen.features.dataset import (
     SiteDataset,
     SiteTable,
     build_site_table,
-    fit_reference,
     site_label,
+    start_reference,
 )
+from cytoscreen.features.shards import ShardWriter, write_sites  # noqa: F401 (write_sites: API)
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,16 @@ class SiteEmbedder(pl.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
 
     def preprocess(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The batch's ``(B, C, T, P, P)`` images: ``image`` as given, or ``planes`` finished here."""
+        """The batch's ``(B, C, T, P, P)`` images: ``image`` as given, ``fitted`` sites scaled here
+        (:func:`~cytoscreen.features.preprocess.scale_site`, site by site), or ``planes`` finished
+        here."""
+        if "fitted" in batch:  # sites the workers fitted before the negcon levels were known
+            if self.prep is None:
+                raise ValueError("a batch of fitted sites needs SiteEmbedder(prep=...)")
+            images = batch["fitted"]
+            for site in images:
+                pp.scale_site(site, self.prep)
+            return images
         if "planes" not in batch:
             return batch["image"]
         if self.prep is None:
@@ -159,129 +169,6 @@ class SiteEmbedder(pl.LightningModule):
 
     def predict_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"index": batch["index"], "embedding": self(self.preprocess(batch))}
-
-
-class ShardWriter(BasePredictionWriter):
-    """Writes each rank's rows to ``<shard_dir>/rank<k>.parquet``; rank 0 merges them into ``out``.
-
-    The merged table is ``sites`` (metadata + QC flags, in dataset order) plus one float32 column
-    per name in ``names``, written with :func:`cytoscreen.io.write_parquet` (atomic, provenance).
-    """
-
-    def __init__(self, *, out: str | Path, sites: pd.DataFrame, names: Sequence[str],
-                 provenance: Mapping[str, Any], label: str = "", log_every_s: float = 30.0) -> None:
-        super().__init__(write_interval="batch")
-        self.out = Path(out)
-        self.shard_dir = self.out.parent / f".{self.out.name}.shards"
-        self.sites = sites
-        self.names = list(names)
-        self.provenance = dict(provenance)
-        self.label = label
-        self.log_every_s = log_every_s
-        self._writer: Any = None
-        self._done = 0
-        self._t0 = 0.0
-        self._last_log = 0.0
-        self._expected = 0
-
-    # -- per rank -----------------------------------------------------------------------------
-    def _shard(self, rank: int) -> Path:
-        return self.shard_dir / f"rank{rank:05d}.parquet"
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            shutil.rmtree(self.shard_dir, ignore_errors=True)
-            self.shard_dir.mkdir(parents=True, exist_ok=True)
-        trainer.strategy.barrier("cytoscreen_features_shards")
-        self._writer = None
-        self._done = 0
-        self._t0 = self._last_log = time.monotonic()
-        self._expected = math.ceil(len(self.sites) / max(trainer.world_size, 1))
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx=0) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        index = prediction["index"].detach().cpu().numpy().astype(np.int64)
-        emb = prediction["embedding"].detach().float().cpu().numpy()
-        width = emb.shape[1]
-        table = pa.table({
-            "index": pa.array(index),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), width),
-        })
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._shard(trainer.global_rank), table.schema)
-        self._writer.write_table(table)
-        self._done += len(index)
-        now = time.monotonic()
-        if trainer.is_global_zero and not trainer.progress_bar_callback and (
-            now - self._last_log >= self.log_every_s or self._done >= self._expected
-        ):
-            self._last_log = now
-            rate = self._done / max(now - self._t0, 1e-9)
-            logger.info("%sembedded %d/%d sites on rank 0 (%.1f sites/s, %d rank(s))",
-                        self.label, self._done, self._expected, rate, trainer.world_size)
-
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        trainer.strategy.barrier("cytoscreen_features_merge")
-        if trainer.is_global_zero:
-            self.merge(world_size=trainer.world_size)
-
-    # -- rank 0 ---------------------------------------------------------------------------------
-    def merge(self, *, world_size: int = 1) -> Path:
-        """Read every shard, place rows by dataset index, write ``out``; remove the shards."""
-        import pyarrow.parquet as pq
-
-        n, width = len(self.sites), len(self.names)
-        matrix = np.zeros((n, width), np.float32)
-        seen = np.zeros(n, bool)
-        shards = sorted(self.shard_dir.glob("rank*.parquet"))
-        for shard in shards:
-            table = pq.read_table(shard)
-            index = table.column("index").to_numpy()
-            emb = table.column("embedding").combine_chunks()
-            values = emb.values.to_numpy(zero_copy_only=False).reshape(len(index), -1)
-            if values.shape[1] != width:
-                raise ComputeError(f"{shard}: {values.shape[1]} features per site, expected {width}")
-            matrix[index] = values
-            seen[index] = True
-        if not seen.all():
-            missing = np.flatnonzero(~seen)
-            ex = ", ".join(site_label(self.sites.iloc[i]) for i in missing[:3])
-            raise ComputeError(
-                f"{self.shard_dir}: the {len(shards)} shard(s) of {world_size} rank(s) cover "
-                f"{int(seen.sum())} of {n} sites (missing e.g. {ex}); rerun the stage"
-            )
-        if not np.isfinite(matrix).all():
-            bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
-            ex = ", ".join(site_label(self.sites.iloc[i]) for i in bad[:3])
-            raise ComputeError(
-                f"non-finite features for {len(bad)} site(s) (e.g. {ex}); try features.precision: "
-                f"32-true"
-            )
-        write_sites(self.sites, matrix, self.names, self.out, provenance=self.provenance)
-        shutil.rmtree(self.shard_dir, ignore_errors=True)
-        return self.out
-
-
-def write_sites(sites: pd.DataFrame, matrix: np.ndarray, names: Sequence[str], out: str | Path, *,
-                provenance: Mapping[str, Any]) -> Path:
-    """Write ``sites`` + float32 ``matrix`` (one column per name) to Parquet, atomically.
-
-    The table is built column by column from the array instead of through a thousands-of-columns
-    DataFrame, then written by :func:`cytoscreen.io.write_parquet`.
-    """
-    import pyarrow as pa
-
-    meta = pa.Table.from_pandas(sites.reset_index(drop=True), preserve_index=False)
-    arrays = list(meta.columns) + [pa.array(np.ascontiguousarray(matrix[:, i], dtype=np.float32))
-                                   for i in range(matrix.shape[1])]
-    table = pa.table(arrays, names=[*meta.column_names, *names])
-    return io.write_parquet(table, out, provenance=provenance)
 
 
 @dataclass(frozen=True)
@@ -385,20 +272,29 @@ def extract_features(
     label = f"plate {plate}: " if plate else ""
     table = build_site_table(images, qc, channels=settings.channels, source=source, qc_source=qc_source)
     _log_skipped(table, label, qc_source)
-    backbone = create_backbone(settings.backbone, settings.weights, intermediate=settings.intermediate)
+    accelerator = _resolve_accelerator(settings.accelerator)
+    on_device = (accelerator == "gpu" and settings.spatial == "resize" if device_preprocess is None
+                 else bool(device_preprocess))
+    if on_device and settings.spatial != "resize":
+        raise ConfigError("features: device preprocessing needs spatial: resize (tiles are cut per site)")
+    # one CPU process with workers: they start on the sites while the backbone is built and the
+    # negcon levels are fitted (applied here then, to the fitted sites); else after both
+    early = (accelerator == "cpu" and not on_device and settings.num_workers > 0 and settings.devices == 1
+             and settings.num_nodes == 1 and not settings.illum_correction)
+
+    def make_loader(prep: pp.Preprocessing) -> DataLoader:
+        mode = "planes" if on_device else "fitted" if early and prep.scaling == "negcon" else "embed"
+        dataset = SiteDataset(table.paths, table.frames, prep, channels=table.channels, scales=table.scales,
+                              mode=mode, transfer_dtype=table.dtype)
+        return DataLoader(dataset, batch_size=settings.batch_size, shuffle=False,
+                          num_workers=settings.num_workers, pin_memory=accelerator == "gpu",
+                          collate_fn=PlaneCollate(prep) if on_device else None, persistent_workers=False)
+
+    backbone, prep, loader = _backbone_and_reference(table, settings, plate,
+                                                     early_loader=make_loader if early else None)
+    if loader is None:
+        loader = make_loader(prep)
     spec = backbone.spec
-    prep = pp.Preprocessing(
-        input_px=spec.input_px,
-        spatial=settings.spatial,
-        tile_px=settings.tile_px,
-        scaling=settings.scaling,
-        percentiles=tuple(settings.scaling_percentiles),
-    )
-    prep = fit_reference(
-        table, prep, illum_correction=settings.illum_correction,
-        illum_sigma_px=settings.illum_sigma_px, max_sites=settings.reference_max_sites,
-        num_workers=settings.num_workers, plate=plate,
-    )
     names = feature_names(table.channels, spec, intermediate=settings.intermediate)
     record = io.provenance(
         STAGE,
@@ -425,29 +321,18 @@ def extract_features(
         label, len(table), len(table.channels), ", ".join(table.channels), spec.name,
         spec.weights_source, spec.input_px, settings.spatial, len(names),
     )
-    accelerator = _resolve_accelerator(settings.accelerator)
-    on_device = (accelerator == "gpu" and settings.spatial == "resize" if device_preprocess is None
-                 else bool(device_preprocess))
-    if on_device and settings.spatial != "resize":
-        raise ConfigError("features: device preprocessing needs spatial: resize (tiles are cut per site)")
-    dataset = SiteDataset(table.paths, table.frames, prep, channels=table.channels, scales=table.scales,
-                          mode="planes" if on_device else "embed", transfer_dtype=table.dtype)
-    loader = DataLoader(
-        dataset,
-        batch_size=settings.batch_size,
-        shuffle=False,
-        num_workers=settings.num_workers,
-        pin_memory=accelerator == "gpu",
-        collate_fn=PlaneCollate(prep) if on_device else None,
-        persistent_workers=False,
-    )
     writer = ShardWriter(out=out, sites=table.sites, names=names, provenance=record, label=label)
-    module = SiteEmbedder(backbone, prep=prep if on_device else None)
-    trainer = make_trainer(settings, callbacks=[writer], progress=progress)
+    module = SiteEmbedder(backbone, prep=prep if on_device or early else None)
+    try:
+        trainer = make_trainer(settings, callbacks=[writer], progress=progress)
+    except BaseException:
+        _close(loader)
+        raise
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*predict_dataloader.*num_workers.*")
+        warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # _Started: rows carry index
         try:
             trainer.predict(module, dataloaders=loader, return_predictions=False)
         except BaseException as err:
@@ -462,6 +347,74 @@ def extract_features(
                     label, written, len(table), len(names), elapsed, len(table) / max(elapsed, 1e-9))
     return FeatureResult(out=written, n_sites=len(table), n_skipped=len(table.skipped),
                          n_features=len(names), spec=spec, predict_s=elapsed)
+
+
+def _backbone_and_reference(
+    table: SiteTable, settings: FeatureSettings, plate: str, *,
+    early_loader: Callable[[pp.Preprocessing], DataLoader] | None = None,
+) -> tuple[Backbone, pp.Preprocessing, Iterable[Any]]:
+    """The backbone, the fitted preprocessing and the batches to embed.
+
+    The reference pass's DataLoader workers read while the backbone is built (its input size is
+    known beforehand, except for timm names).  With ``early_loader`` the main pass's workers
+    start before both (on settings without the fitted levels) and the batches are those started
+    ones (:class:`_Started`); else ``early_loader`` is None and the caller builds the loader.
+    """
+    def build() -> Backbone:
+        return create_backbone(settings.backbone, settings.weights, intermediate=settings.intermediate)
+
+    input_px = backbone_spec(settings.backbone).input_px
+    backbone = None if input_px else build()  # timm: the input size comes with the network
+    prep = pp.Preprocessing(input_px=input_px or backbone.spec.input_px, spatial=settings.spatial,
+                            tile_px=settings.tile_px, scaling=settings.scaling,
+                            percentiles=tuple(settings.scaling_percentiles))
+    reference = start_reference(table, prep, illum_correction=settings.illum_correction,
+                                illum_sigma_px=settings.illum_sigma_px,
+                                max_sites=settings.reference_max_sites,
+                                num_workers=settings.num_workers, plate=plate)
+    batches = None
+    try:
+        batches = _Started(early_loader(prep)) if early_loader is not None else None
+        backbone = backbone if backbone is not None else build()
+        prep = reference.result()
+    except BaseException:
+        _close(batches)
+        raise
+    finally:
+        reference.close()
+    return backbone, prep, batches
+
+
+class _Started:
+    """The batches of a DataLoader whose workers start reading now, for ``Trainer.predict``.
+
+    Lightning re-creates every DataLoader it is given to predict (to track batch indices), which
+    would start new workers; it iterates other iterables as they are.  One device only: no
+    sampler is injected (the rows are placed by their ``index``).
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self._iter: Any = iter(loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        it, self._iter = self._iter, None
+        return it if it is not None else iter(self.loader)
+
+    def close(self) -> None:
+        """Stop workers that were started and not iterated."""
+        it, self._iter = self._iter, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _close(batches: Any) -> None:
+    if isinstance(batches, _Started):
+        batches.close()
 
 
 def worker_error(err: CytoscreenError) -> CytoscreenError:

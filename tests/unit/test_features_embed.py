@@ -100,6 +100,20 @@ def test_workers_give_the_same_rows(tmp_path, plate):
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.parametrize("scaling", ["negcon", "image", "dtype"])
+def test_workers_started_before_the_backbone_give_the_same_table(tmp_path, plate, scaling):
+    # num_workers > 0 on one CPU: the workers start while the backbone is built and the negcon
+    # levels are fitted (negcon sites are scaled in the main process); num_workers=0: after both
+    images, qc = plate
+    serial = dataclasses.replace(TINY, scaling=scaling)
+    a = pd.read_parquet(extract_features(images, qc, out=tmp_path / "a.parquet", settings=serial).out)
+    b = pd.read_parquet(extract_features(images, qc, out=tmp_path / "b.parquet",
+                                         settings=dataclasses.replace(serial, num_workers=1)).out)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert io.read_provenance(tmp_path / "a.parquet").get("scaling_levels") == \
+        io.read_provenance(tmp_path / "b.parquet").get("scaling_levels")
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 def test_constant_and_zero_images_give_finite_features(tmp_path, dtype):
     def draw(rng, well, pert_type):
