@@ -13,8 +13,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import numbers
 import os
-from collections.abc import Collection, Mapping
+import re
+from collections.abc import Collection, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -63,7 +65,17 @@ def _extend_with_default(validator_class):
 
 
 def validate(data: dict[str, Any], schema: Mapping[str, Any], *, source: str) -> dict[str, Any]:
-    """Validate ``data`` in place against ``schema``, filling defaults; raise ConfigError."""
+    """Validate ``data`` in place against ``schema``, filling defaults; raise ConfigError.
+
+    A config the schema accepts is checked by :func:`_conforms` (a few ms); only one it rejects,
+    or a schema using a keyword :func:`_conforms` does not know, goes through jsonschema, whose
+    import and validator cost ~0.1 CPU-s of every CLI step's start-up.
+    """
+    try:
+        if _conforms(data, schema):
+            return data
+    except _Unsure:
+        pass
     import jsonschema
 
     cls = _extend_with_default(jsonschema.Draft202012Validator)
@@ -71,6 +83,127 @@ def validate(data: dict[str, Any], schema: Mapping[str, Any], *, source: str) ->
     if errors:
         raise ConfigError(f"{source}: {_error_message(errors[0])}")
     return data
+
+
+class _Unsure(Exception):
+    """:func:`_conforms` met a keyword or value it does not decide as jsonschema would."""
+
+
+#: Keywords :func:`_conforms` ignores, as jsonschema does (annotations).
+_ANNOTATIONS = frozenset({"$schema", "$comment", "title", "description", "default", "examples"})
+
+
+def _is_type(value: Any, name: str) -> bool:
+    """jsonschema's Draft 2020-12 type check (an integral float is an integer)."""
+    if name == "object":
+        return isinstance(value, dict)
+    if name == "array":
+        return isinstance(value, list)
+    if name == "string":
+        return isinstance(value, str)
+    if name == "boolean":
+        return isinstance(value, bool)
+    if name == "null":
+        return value is None
+    if isinstance(value, bool):
+        return False
+    if name == "number":
+        return isinstance(value, numbers.Number)
+    if name == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    raise _Unsure(name)
+
+
+def _in_enum(value: Any, enum: Sequence[Any]) -> bool:
+    """jsonschema's ``enum`` for a scalar (strings, None, booleans apart from 0 and 1, numbers)."""
+    if isinstance(value, str):
+        return any(isinstance(e, str) and e == value for e in enum)
+    if value is None or isinstance(value, bool):
+        return any(e is value for e in enum)
+    if isinstance(value, int | float):
+        return any(isinstance(e, int | float) and not isinstance(e, bool) and e == value
+                   for e in enum)
+    raise _Unsure("enum")
+
+
+def _conforms(instance: Any, schema: Mapping[str, Any] | bool) -> bool:
+    """Whether ``instance`` is valid under ``schema``, filling each missing property's default
+    (a copy) as the validator of :func:`validate` does; stops at the first error (False).
+
+    Knows the keywords the schemas in ``cytoscreen/schemas/`` use (type, enum, properties,
+    additionalProperties, required, items, min/maxItems, uniqueItems of strings, (exclusive)
+    minimum/maximum, pattern), each decided as jsonschema's Draft 2020-12 validator does
+    (``tests/unit/test_config.py`` compares them); any other raises :class:`_Unsure`.
+    """
+    if schema is True:
+        return True
+    if not isinstance(schema, dict):
+        raise _Unsure("schema")
+    for key, value in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key == "type":
+            if not any(_is_type(instance, t) for t in ([value] if isinstance(value, str) else value)):
+                return False
+        elif key == "enum":
+            if not _in_enum(instance, value):
+                return False
+        elif key == "properties":
+            if isinstance(instance, dict):
+                for prop, sub in value.items():
+                    if isinstance(sub, dict) and "default" in sub and prop not in instance:
+                        instance[prop] = copy.deepcopy(sub["default"])
+                    if prop in instance and not _conforms(instance[prop], sub):
+                        return False
+        elif key == "additionalProperties":
+            if isinstance(instance, dict):
+                known = schema.get("properties", {})
+                extras = [k for k in instance if k not in known]
+                if value is False and extras:
+                    return False
+                if value is not False and not all(_conforms(instance[k], value) for k in extras):
+                    return False
+        elif key == "required":
+            if isinstance(instance, dict) and any(k not in instance for k in value):
+                return False
+        elif key == "items":
+            if isinstance(instance, list) and not all(_conforms(v, value) for v in instance):
+                return False
+        elif key in ("minItems", "maxItems", "uniqueItems"):
+            if isinstance(instance, list) and not _array_ok(key, value, instance):
+                return False
+        elif key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if _is_type(instance, "number") and not _number_ok(key, value, instance):
+                return False
+        elif key == "pattern":
+            if isinstance(instance, str) and not re.search(value, instance):
+                return False
+        else:
+            raise _Unsure(key)
+    return True
+
+
+def _array_ok(key: str, bound: Any, items: list) -> bool:
+    if key == "minItems":
+        return len(items) >= bound
+    if key == "maxItems":
+        return len(items) <= bound
+    if not bound:
+        return True
+    if not all(isinstance(v, str) for v in items):
+        raise _Unsure("uniqueItems")
+    return len(set(items)) == len(items)
+
+
+def _number_ok(key: str, bound: Any, value: Any) -> bool:
+    """jsonschema's comparisons, negated as it writes them (a NaN passes every bound)."""
+    if key == "minimum":
+        return not value < bound
+    if key == "maximum":
+        return not value > bound
+    if key == "exclusiveMinimum":
+        return not value <= bound
+    return not value >= bound
 
 
 def _error_message(err) -> str:

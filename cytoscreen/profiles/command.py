@@ -105,7 +105,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             help="hits: the profiles keys (the hit-calling table novelty reads); moa: the same with "
             "the keys of profiles.moa in their place (the MoA table consensus and moa read)",
         )
-        p.set_defaults(func=run, action=name)
+        p.set_defaults(func=run, action=name, startup_imports=STARTUP_IMPORTS)
         return p
 
     def reference_options(p: argparse.ArgumentParser) -> None:
@@ -254,6 +254,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # --- run ------------------------------------------------------------------------------------------
+#: What every step imports before it reads its input (pandas, pyarrow.parquet, the config
+#: loader): imported by :mod:`cytoscreen.cli` with its start-up, before :func:`run`.
+STARTUP_IMPORTS = ("cytoscreen.profiles.stage", "cytoscreen.config", "pyarrow.parquet")
 #: ``--chain``: the hit-calling table's keys, or those with ``profiles.moa`` in their place.
 CHAINS = ("hits", "moa")
 

@@ -144,6 +144,11 @@ def test_profiles_parser_loads_no_heavy_module():
         assert heavy not in mods, heavy
 
 
+#: Nor do the profiles steps load image readers, numba, scipy's linear algebra or jsonschema (a
+#: config the schema accepts is checked without it): each is start-up time the step does not use.
+STEP_HEAVY = (*HEAVY, "tifffile", "numba", "scipy.linalg", "jsonschema", "PIL", "zarr")
+
+
 @pytest.mark.parametrize("step", ["aggregate", "normalize", "select", "consensus"])
 def test_profiles_steps_load_no_heavy_module(step, tmp_path):
     from cytoscreen import io
@@ -156,7 +161,7 @@ def test_profiles_steps_load_no_heavy_module(step, tmp_path):
         f"assert main(['-q', 'profiles', {step!r}, {str(src)!r}, {str(out)!r}]) == 0"
     )
     assert out.exists()
-    for heavy in HEAVY:
+    for heavy in STEP_HEAVY:
         assert heavy not in mods, heavy
 
 
@@ -217,3 +222,16 @@ def test_profiles_cli_defaults_equal_schema_defaults():
         for action in parser._actions:
             if isinstance(action, (argparse_.ConfigOverride, argparse_.ConfigOverrideBool)):
                 assert action.default == defaults[action.dest], (words, action.dest)
+
+
+def test_main_leaves_the_collector_as_it_found_it(tmp_path):
+    import gc
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    rc = cli.main(["-q", "profiles", "select", str(tmp_path / "missing.parquet"),
+                   str(tmp_path / "out.parquet")])
+    assert rc != 0  # the step ran (and failed on the missing input) after the start-up
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    with pytest.raises(SystemExit):
+        cli.main(["profiles", "select", "--no-such-flag"])
+    assert gc.isenabled() and gc.get_freeze_count() == 0

@@ -183,3 +183,80 @@ def test_settings_reject_unknown_keys_with_one_message(section):
     known = message.split("; known: ", 1)[1].split(", ")
     assert known == sorted(known) and set(known) <= set(config[section]) | {"channels", "layouts"}
     assert set(config[section]) <= set(known)
+
+
+# --- the fast path of validate: same verdict and defaults as jsonschema ------------------------------
+_VALUES = (None, True, False, 0, 1, -1, 0.5, 2.0, 7, 1e9, -1e9, float("nan"), "", "x", "negcon",
+           [], ["a"], ["a", "a"], [1, 2], {}, {"k": 1})
+
+
+def _leaves(node: dict, path: tuple = ()):
+    """(path of the innermost object section, that section's schema, key, the key's schema)."""
+    for key, sub in node.get("properties", {}).items():
+        if isinstance(sub, dict) and "properties" in sub:
+            yield from _leaves(sub, (*path, key))
+        else:
+            yield path, node, key, sub
+
+
+def _jsonschema_verdict(data, schema):
+    import copy
+
+    import jsonschema
+
+    from cytoscreen.config import _extend_with_default
+
+    data = copy.deepcopy(data)
+    cls = _extend_with_default(jsonschema.Draft202012Validator)
+    return not any(True for _ in cls(schema).iter_errors(data)), data
+
+
+@pytest.mark.parametrize("name", ["config", "plates", "platemap"])
+def test_fast_validation_agrees_with_jsonschema(name):
+    import copy
+
+    from cytoscreen.config import _conforms, _Unsure
+
+    schema = load_schema(name)
+    cases = [(schema, {})]
+    for _path, section, key, sub in _leaves(schema):
+        for value in (*_VALUES, *[v for v in sub.get("enum", []) if v is not None]):
+            cases.append((section, {key: copy.deepcopy(value)}))
+    if name == "config":
+        import yaml
+
+        cases.append((schema, yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
+    decided = 0
+    for sch, data in cases:
+        valid, filled = _jsonschema_verdict(data, sch)
+        mine = copy.deepcopy(data)
+        try:
+            ok = _conforms(mine, sch)
+        except _Unsure:
+            continue
+        decided += 1
+        assert ok == valid, (data, sch)
+        if ok:
+            assert mine == filled or repr(mine) == repr(filled), data  # NaN != NaN
+    assert decided > 0.9 * len(cases)
+
+
+def test_validate_reports_jsonschemas_message(tmp_path):
+    # a config the fast path rejects is reported by jsonschema, as before
+    with pytest.raises(ConfigError, match=r"profiles\.corr_threshold: 2 is greater than the maximum"):
+        load_config(None, overrides={"profiles": {"corr_threshold": 2}})
+    with pytest.raises(ConfigError, match=r"unknown key profiles\.nope"):
+        load_config(None, overrides={"profiles": {"nope": 1}})
+
+
+def test_validate_without_config_does_not_import_jsonschema():
+    import subprocess
+    import sys
+
+    code = ("from cytoscreen.config import load_config\n"
+            "cfg = load_config(None, overrides={'profiles': {'na_cutoff': 0.1}})\n"
+            "assert cfg['profiles']['na_cutoff'] == 0.1 and cfg['qc']['batch_size'] == 16\n"
+            "import sys; print('jsonschema' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO)
+    assert out.stdout.strip() == "False"
