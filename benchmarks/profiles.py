@@ -10,7 +10,8 @@ twice:
 * ``cytoscreen_cli``: as the workflow's rules run it, one ``python -m cytoscreen.cli profiles
   STEP`` process per rule (``aggregate --normalized`` -> wells.parquet and normalized.parquet, the
   per-plate job; ``select`` -> selected.parquet, the screen job), each paying interpreter start,
-  imports, read and write.
+  imports, read and write, and each with the thread variables Snakemake sets for its rule's
+  ``threads:`` (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, ...: 1 for the per-plate job, 4 for select).
 
 Every tool or step runs in its own subprocess, so that peak RSS (``ru_maxrss`` of that child, from
 ``os.wait4``) is measured fairly.  Wall and CPU (user + system) time are reported for the whole
@@ -173,12 +174,25 @@ def _child_env() -> dict:
     return env
 
 
-def _run(cmd: list[str]) -> tuple[str, dict]:
-    """Run ``cmd``; its stdout and wall, CPU (user + system) and peak RSS from ``os.wait4``."""
+def compile_package() -> None:
+    """Byte-compile the cytoscreen package (``__pycache__``, ignored by git), as installing it
+    does: pycytominer's modules load from their ``.pyc`` files, while with
+    ``PYTHONDONTWRITEBYTECODE`` set (this machine's environment) an editable checkout recompiles
+    its ~30 modules in every cytoscreen process (~0.05 CPU-s).  The files carry the source's
+    hash (``checked-hash``), so an edit after this is seen whatever its time stamp."""
+    env = _child_env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
+                    str(REPO / "cytoscreen")], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def _run(cmd: list[str], env: dict | None = None) -> tuple[str, dict]:
+    """Run ``cmd`` (``env``: variables to set); its stdout and wall, CPU (user + system) and peak
+    RSS from ``os.wait4``."""
     with tempfile.TemporaryFile(mode="w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
-                                env=_child_env())
+                                env={**_child_env(), **(env or {})})
         out = proc.stdout.read()  # to EOF; the child is left for wait4 to reap
         proc.stdout.close()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -198,24 +212,44 @@ def run_tool(tool: str, src: Path, out: Path) -> dict:
     return {k: round(v, 3) for k, v in result.items()}
 
 
-#: The chain as the workflow's rules run it: (step, output name, extra arguments, the output the
-#: next step reads).  The per-plate rule aggregates and normalizes (schema defaults: mad_robustize
-#: per plate against the negcon wells) in one process.
+#: The chain as the workflow's rules run it: (step, its rule in workflow/rules/profiles.smk, output
+#: name, extra arguments, the output the next step reads).  The per-plate rule aggregates and
+#: normalizes (schema defaults: mad_robustize per plate against the negcon wells) in one process.
 CLI_STEPS = (
-    ("aggregate", "wells.parquet", ["--method", "median", "--normalized", "{work}/cli_normalized.parquet"],
-     "cli_normalized.parquet"),
-    ("select", "selected.parquet", ["--operations", *OPERATIONS], "cli_selected.parquet"),
+    ("aggregate", "profiles_aggregate", "wells.parquet",
+     ["--method", "median", "--normalized", "{work}/cli_normalized.parquet"], "cli_normalized.parquet"),
+    ("select", "profiles_select", "selected.parquet", ["--operations", *OPERATIONS],
+     "cli_selected.parquet"),
 )
+#: What Snakemake's ``shell`` sets to a job's ``threads:`` (snakemake/shell.py), which bounds
+#: OpenBLAS's and Arrow's thread pools (Arrow reads OMP_NUM_THREADS) in the job.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def rule_threads(rule: str) -> int:
+    """The ``threads:`` of a rule in ``workflow/rules/profiles.smk``."""
+    import re
+
+    text = (REPO / "workflow" / "rules" / "profiles.smk").read_text()
+    block = re.search(rf"^rule {rule}:\n(.*?)(?=^\S|\Z)", text, flags=re.M | re.S)
+    found = re.search(r"^\s+threads:\s*(\d+)\s*$", block.group(1), flags=re.M) if block else None
+    if found is None:
+        raise RuntimeError(f"workflow/rules/profiles.smk: no threads: of rule {rule}")
+    return int(found.group(1))
 
 
 def run_cli_chain(src: Path, work: Path) -> tuple[dict, Path]:
-    """One ``cytoscreen profiles STEP`` process per rule; per-step and total wall, CPU, peak RSS."""
+    """One ``cytoscreen profiles STEP`` process per rule, with the thread variables Snakemake sets
+    for the rule's ``threads:``; per-step and total wall, CPU, peak RSS."""
     steps, current = {}, src
-    for step, name, extra, following in CLI_STEPS:
+    for step, rule, name, extra, following in CLI_STEPS:
         out = work / f"cli_{name}"
+        threads = rule_threads(rule)
         _, usage = _run([sys.executable, "-m", "cytoscreen.cli", "-q", "profiles", step,
-                         str(current), str(out), *(a.format(work=work) for a in extra)])
-        steps[step] = {k: round(v, 3) for k, v in usage.items()}
+                         str(current), str(out), *(a.format(work=work) for a in extra)],
+                        env=dict.fromkeys(THREAD_VARIABLES, str(threads)))
+        steps[step] = {**{k: round(v, 3) for k, v in usage.items()}, "threads": threads}
         current = work / following
     total = {
         "wall_s": round(sum(s["wall_s"] for s in steps.values()), 3),
@@ -261,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep the table and outputs here")
     parser.add_argument("--skip-pycytominer", action="store_true")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="do not byte-compile cytoscreen first (see compile_package)")
     parser.add_argument("--child", nargs=3, metavar=("TOOL", "INPUT", "OUTPUT"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--generate", metavar="OUTPUT", help=argparse.SUPPRESS)
@@ -282,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
               "--features", str(args.features), "--plates", str(args.plates),
               "--wells", str(args.wells), "--seed", str(args.seed)])
     gen = time.perf_counter() - t0
+    if not args.no_compile:
+        compile_package()
     import pandas
     import pyarrow
 
@@ -293,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "wells_per_plate": args.wells, "seed": args.seed, "generate_s": round(gen, 2),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__, "pandas": pandas.__version__,
-                    "pyarrow": pyarrow.__version__},
+                    "pyarrow": pyarrow.__version__, "bytecode_compiled": not args.no_compile},
     }
     record["cytoscreen"] = run_tool("cytoscreen", src, work / "cytoscreen.parquet")
     record["cytoscreen_cli"], cli_out = run_cli_chain(src, work)
