@@ -92,7 +92,9 @@ def check_unique(df: pd.DataFrame, keys: Sequence[str], *, source: str, what: st
     """Raise when two rows share ``keys`` (only checked when every key column is present)."""
     if not keys or not all(k in df.columns for k in keys):
         return
-    dup = df.duplicated(list(keys), keep=False)
+    # on the key columns alone: DataFrame.duplicated(subset) makes a Series of every column first
+    # (1,000 feature columns: ~10 ms per call)
+    dup = df[list(keys)].duplicated(keep=False)
     if dup.any():
         examples = df.loc[dup, list(keys)].drop_duplicates().head(5)
         names = ["/".join(str(v) for v in row) for row in examples.itertuples(index=False)]

@@ -121,3 +121,55 @@ def test_read_image_z_max_frame_and_3d_hint(tmp_path):
     assert np.array_equal(io.read_image(tmp_path / "z.tif", io.z_max_frame()), stack.max(axis=0))
     with pytest.raises(InputDataError, match="a z-stack needs `ingest.z_projection: max`"):
         io.read_image(tmp_path / "z.tif")
+
+
+def _frames():
+    """Frames as the profiles steps write them, and others arrow_table must hand to from_pandas."""
+    rng = np.random.default_rng(0)
+    n = 50
+    feats = rng.normal(size=(4, n)).astype(np.float32)  # column-major, as read_profiles builds it
+    feats[1, [3, 7]] = np.nan
+    df = pd.DataFrame(feats.T, columns=[f"f{j}" for j in range(4)], copy=False)
+    df.insert(0, "Metadata_Plate", ["P1"] * n)
+    df.insert(1, "Metadata_n", np.arange(n))
+    df.insert(3, "Metadata_flag", rng.random(n) > 0.5)
+    df["g64"] = np.where(np.arange(n) == 0, np.nan, rng.normal(size=n))  # a float64 block
+    df["cat"] = pd.Categorical(["a", "b"] * (n // 2))
+    yield df
+    yield df.iloc[5:20]  # an index that does not start at 0
+    yield df.iloc[:0]
+    row_major = pd.DataFrame(rng.normal(size=(n, 3)), columns=list("abc"), copy=False)
+    row_major.insert(0, "m", ["x"] * n)  # the float block stays a strided view of the rows
+    yield row_major
+    yield df[[c for c in df.columns if c.startswith("f")]]  # floats only
+    named = df.copy()
+    named.columns.name = "cols"
+    yield named
+    with_attrs = df.copy()
+    with_attrs.attrs["note"] = "x"
+    yield with_attrs
+    yield df.astype({"f0": "Float32"})  # an extension dtype
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_arrow_table_equals_from_pandas(i, tmp_path):
+    import pyarrow as pa
+
+    from cytoscreen.io.tables import _float_columns, arrow_table
+
+    df = list(_frames())[i]
+    # the column-major float32 block and the float64 column are wrapped; row-major floats, named
+    # column indexes, attrs and extension dtypes are left to from_pandas
+    assert len(_float_columns(df)) == [5, 5, 5, 0, 4, 0, 0, 4][i]
+    ours, theirs = arrow_table(df), pa.Table.from_pandas(df, preserve_index=False)
+    assert ours.equals(theirs, check_metadata=True)
+    assert ours.schema.metadata == theirs.schema.metadata
+    assert [c.null_count for c in ours.columns] == [c.null_count for c in theirs.columns]
+    import pyarrow.parquet as pq
+
+    from cytoscreen.io.tables import parquet_write_options
+
+    io.write_parquet(df, tmp_path / "ours.parquet")
+    pq.write_table(theirs, tmp_path / "theirs.parquet", **parquet_write_options(theirs.schema))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ours.parquet"),
+                                  pd.read_parquet(tmp_path / "theirs.parquet"))
