@@ -221,10 +221,13 @@ def step_moa(workdir: Path, *, k: int = 15, neighbors: int = 5,
     from cytoscreen import io
     from cytoscreen.moa.knn import cosine_knn, knn_clusters, knn_umap
     from cytoscreen.moa.stage import format_treatment
+    from cytoscreen.profiles.arrays import feature_matrix
 
     cons = io.read_table(workdir / "consensus.parquet")
-    feats = io.feature_columns(cons)
-    x = cons[feats].to_numpy(dtype=np.float32)
+    # one C-contiguous float32 copy of the feature block, then only the names are kept
+    x = np.ascontiguousarray(feature_matrix(cons, io.feature_columns(cons), dtype=np.float32))
+    perturbations = cons[io.PERTURBATION].reset_index(drop=True)
+    del cons
     timings = {}
     t0 = time.perf_counter()
     idx, sim, exact = cosine_knn(x, k, **({} if exact_below is None else {"exact_below": exact_below}))
@@ -235,8 +238,8 @@ def step_moa(workdir: Path, *, k: int = 15, neighbors: int = 5,
     t0 = time.perf_counter()
     coords = knn_umap(x, idx, sim)
     timings["umap_s"] = time.perf_counter() - t0
-    names = np.asarray([format_treatment(p, None) for p in cons[io.PERTURBATION]], dtype=object)
-    table = pd.DataFrame({io.PERTURBATION: cons[io.PERTURBATION], io.TREATMENT: names,
+    names = np.asarray([format_treatment(p, None) for p in perturbations], dtype=object)
+    table = pd.DataFrame({io.PERTURBATION: perturbations, io.TREATMENT: names,
                           io.CLUSTER: labels, io.UMAP_1: coords[:, 0], io.UMAP_2: coords[:, 1]})
     for r in range(neighbors):
         table[io.neighbor_column(r + 1)] = names[idx[:, r]]

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from cytoscreen.moa.similarity import top_k_similar, unit_rows
+from cytoscreen.moa.similarity import top_k_similar
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,14 @@ def cosine_knn(
         return idx, sim, True
     from pynndescent import NNDescent
 
-    unit = unit_rows(np.asarray(x, dtype=np.float32)).astype(np.float32)
+    unit = unit_rows32(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         index = NNDescent(unit, metric="cosine", n_neighbors=k + 1, random_state=seed,
                           n_jobs=n_jobs, low_memory=True, compressed=True)
+        del unit  # the index normalises its own copy
         nbrs, dist = index.neighbor_graph
+        del index
     idx = np.empty((n, k), dtype=np.int64)
     sim = np.empty((n, k), dtype=np.float64)
     for i in range(n):  # drop the row itself (usually first), keep k others
@@ -61,6 +63,18 @@ def cosine_knn(
             sim[i, len(row):] = sim[i, len(row) - 1] if len(row) else 0.0
     logger.info("approximate cosine kNN (NN-descent): %d rows, k = %d", n, k)
     return idx, sim, False
+
+
+def unit_rows32(x: np.ndarray) -> np.ndarray:
+    """:func:`~cytoscreen.moa.similarity.unit_rows` of ``x`` as float32, computed in float32.
+
+    The same values as ``unit_rows(x.astype(float32)).astype(float32)`` (the norm is taken of the
+    float32 rows either way, and a float32 quotient rounded once equals the float64 quotient
+    rounded to float32) without the float64 matrix (8 bytes per value).
+    """
+    x32 = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x32, axis=1, keepdims=True)
+    return np.divide(x32, norm, out=np.zeros(x32.shape, dtype=np.float32), where=norm > 0)
 
 
 def recall(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -76,11 +90,31 @@ def jaccard_graph(idx: np.ndarray):
     n, k = idx.shape
     rows = np.repeat(np.arange(n), k)
     cols = idx.ravel()
-    member = sparse.csr_matrix((np.ones(n * k, dtype=np.float32), (rows, cols)), shape=(n, n))
-    inter = np.asarray(member[rows].multiply(member[cols]).sum(axis=1)).ravel()
+    inter = shared_neighbors(idx, rows, cols)
     weights = np.maximum(inter / (2 * k - inter), 1.0 / (2 * k))
     graph = sparse.csr_matrix((weights, (rows, cols)), shape=(n, n))
     return graph.maximum(graph.T)
+
+
+#: kNN-graph edges whose neighbourhoods are compared at a time (edges x k x k booleans).
+_EDGE_BLOCK = 1 << 15
+
+
+def shared_neighbors(idx: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """For each edge ``(rows[e], cols[e])``, the neighbours the two rows of ``idx`` share (float32).
+
+    A neighbour listed twice in a row counts with its multiplicity, i.e. the count is
+    ``sum_c m_r(c) * m_s(c)`` over the neighbour multiplicities ``m``: the same values as the
+    row products of the sparse membership matrix, computed in blocks of edges (memory
+    ``_EDGE_BLOCK`` x k^2 booleans) instead of a (n k) x n sparse gather (k^2 values per edge).
+    """
+    out = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), _EDGE_BLOCK):
+        stop = min(len(rows), start + _EDGE_BLOCK)
+        a = idx[rows[start:stop]]
+        b = idx[cols[start:stop]]
+        out[start:stop] = (a[:, :, None] == b[:, None, :]).sum(axis=(1, 2))
+    return out
 
 
 def knn_clusters(idx: np.ndarray, *, resolution: float = 1.0, seed: int = 0) -> np.ndarray:

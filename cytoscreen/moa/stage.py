@@ -30,7 +30,7 @@ from cytoscreen.errors import ConfigError, InputDataError
 from cytoscreen.moa import metrics
 from cytoscreen.moa.cluster import Clustering, cluster_profiles
 from cytoscreen.moa.embed import umap_embedding
-from cytoscreen.moa.similarity import feature_matrix, nearest_neighbors
+from cytoscreen.moa.similarity import checked_features, feature_matrix, nearest_neighbors
 from cytoscreen.plate import NEGCON, format_treatment
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def moa_table(
         raise InputDataError(f"treatments: column {perturbation_col!r} missing")
     if len(treatments) == 0:
         raise InputDataError("treatments: the table has no rows")
-    _, cols = feature_matrix(treatments, features, source="treatments")
+    cols = checked_features(treatments, features, source="treatments")
     if concentration_col and concentration_col in treatments.columns:
         conc = treatments[concentration_col].tolist()
     else:
@@ -150,8 +150,14 @@ def _approximate_moa(treatments, cols, labels, *, cluster_method, graph_neighbor
     from cytoscreen.moa.embed import _MIN_UMAP_ROWS, _pca_2d
     from cytoscreen.moa.knn import cosine_knn, knn_clusters, knn_umap
     from cytoscreen.moa.similarity import unit_rows
+    from cytoscreen.profiles.arrays import feature_matrix as float_matrix
 
-    x, _ = feature_matrix(treatments, cols)
+    # float32 (a view of the table's float32 feature block when it has one): cosine_knn and
+    # knn_umap work in float32, so a float64 copy (8 bytes a value) would only be converted again
+    if all(pd.api.types.is_float_dtype(t) for t in treatments.dtypes[list(cols)]):
+        x = float_matrix(treatments, cols, dtype=np.float32)
+    else:  # integer features: through float64, as before
+        x = feature_matrix(treatments, cols)[0].astype(np.float32)
     n = len(x)
     want = max(neighbors, graph_neighbors, umap_neighbors - 1, 1)
     idx, sim, _ = cosine_knn(x, want, exact_below=0, seed=seed)
@@ -164,7 +170,7 @@ def _approximate_moa(treatments, cols, labels, *, cluster_method, graph_neighbor
     clustering = Clustering(labels=labels_.astype(np.int64), n_clusters=int(labels_.max()) if n else 0,
                             method="louvain", silhouette=None, silhouette_by_k={})
     if n < _MIN_UMAP_ROWS or not k_eff:
-        coords = _pca_2d(unit_rows(x))
+        coords = _pca_2d(unit_rows(feature_matrix(treatments, cols)[0]))
     else:
         u = max(1, min(umap_neighbors - 1, k_eff))
         coords = knn_umap(x, idx[:, :u], sim[:, :u], min_dist=umap_min_dist, seed=seed)

@@ -45,3 +45,42 @@ def test_knn_clusters_recover_the_groups():
     for g in range(4):
         share = np.bincount(found[labels == g]).max() / (labels == g).sum()
         assert share > 0.95
+
+
+def test_jaccard_graph_counts_shared_neighbours_as_the_sparse_product():
+    """The blocked count equals the row products of the sparse membership matrix (the former
+    computation), duplicate neighbours (NN-descent padding) included: same graph, same dtype."""
+    from scipy import sparse
+
+    from cytoscreen.moa import knn
+
+    rng = np.random.default_rng(3)
+    n, k = 700, 6
+    idx = rng.integers(0, n, size=(n, k))
+    idx[::5, -1] = idx[::5, -2]  # a padded row repeats its last neighbour
+    rows, cols = np.repeat(np.arange(n), k), idx.ravel()
+    member = sparse.csr_matrix((np.ones(n * k, dtype=np.float32), (rows, cols)), shape=(n, n))
+    ref = np.asarray(member[rows].multiply(member[cols]).sum(axis=1)).ravel()
+    old_block, knn._EDGE_BLOCK = knn._EDGE_BLOCK, 97  # several blocks
+    try:
+        inter = knn.shared_neighbors(idx, rows, cols)
+        graph = jaccard_graph(idx)
+    finally:
+        knn._EDGE_BLOCK = old_block
+    assert inter.dtype == ref.dtype == np.float32 and np.array_equal(inter, ref) and ref.max() >= 2
+    w = np.maximum(ref / (2 * k - ref), 1.0 / (2 * k))
+    expect = sparse.csr_matrix((w, (rows, cols)), shape=(n, n))
+    expect = expect.maximum(expect.T)
+    assert graph.dtype == expect.dtype and (graph != expect).nnz == 0
+
+
+def test_unit_rows32_equals_the_float64_path_bit_for_bit():
+    from cytoscreen.moa.knn import unit_rows32
+    from cytoscreen.moa.similarity import unit_rows
+
+    x, _ = _clustered(n=500, d=40)
+    x[7] = 0  # a zero row stays zero
+    for a in (x, x.astype(np.float64)):
+        ref = unit_rows(np.asarray(a, dtype=np.float32)).astype(np.float32)
+        got = unit_rows32(a)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), ref.view(np.int32))

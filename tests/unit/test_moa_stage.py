@@ -132,3 +132,24 @@ def test_moa_schema_defaults_match_evaluate_cli():
     parser = build_parser()
     ns = parser.parse_args(["evaluate", "t.csv", "--out", "e.json"])
     assert (ns.null_size, ns.seed, ns.fdr) == (cfg["null_size"], cfg["seed"], cfg["fdr"])
+
+
+def test_checked_features_raises_as_feature_matrix():
+    """moa_table checks its features block by block (no float64 copy): same columns, same errors."""
+    import re
+
+    from cytoscreen.errors import InputDataError
+    from cytoscreen.moa.similarity import checked_features, feature_matrix
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(20, 9)).astype(np.float32), columns=[f"f{i}" for i in range(9)])
+    df.insert(0, io.PERTURBATION, [f"c{i}" for i in range(20)])
+    assert checked_features(df, block=2) == feature_matrix(df)[1]
+    bad = df.copy()
+    bad.loc[3, "f5"] = np.nan
+    bad.loc[[4, 6], "f7"] = np.inf
+    for args in ((bad, None), (bad, ["f1", "f7"]), (df, ["f1", "nope"]), (df[[io.PERTURBATION]], None)):
+        with pytest.raises(InputDataError) as want:
+            feature_matrix(*args, source="t")
+        with pytest.raises(InputDataError, match=re.escape(str(want.value))):
+            checked_features(*args, source="t", block=2)
