@@ -137,15 +137,11 @@ class SiteEmbedder(pl.LightningModule):
 
     def preprocess(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The batch's ``(B, C, T, P, P)`` images: ``image`` as given, ``fitted`` sites scaled here
-        (:func:`~cytoscreen.features.preprocess.scale_site`, site by site), or ``planes`` finished
-        here."""
+        (:func:`~cytoscreen.features.preprocess.scale_sites`), or ``planes`` finished here."""
         if "fitted" in batch:  # sites the workers fitted before the negcon levels were known
             if self.prep is None:
                 raise ValueError("a batch of fitted sites needs SiteEmbedder(prep=...)")
-            images = batch["fitted"]
-            for site in images:
-                pp.scale_site(site, self.prep)
-            return images
+            return pp.scale_sites(batch["fitted"], self.prep)
         if "planes" not in batch:
             return batch["image"]
         if self.prep is None:

@@ -171,6 +171,24 @@ def scale_site(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     return x.clamp_(0.0, 1.0)
 
 
+def scale_sites(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Step 4 for a batch of fitted sites ``(B, C, T, P, P)`` (in place): :func:`scale_site` of
+    each site, with ``negcon`` levels as three whole-batch operations (the same float32 values:
+    per-plane ops on small planes stall a busy machine's thread pool at every call)."""
+    if prep.scaling != "negcon" or prep.levels is None:
+        for site in x:
+            scale_site(site, prep)
+        return x
+    levels = torch.as_tensor(np.asarray(prep.levels, dtype=np.float64))
+    if levels.shape[0] != x.shape[1]:
+        raise ValueError(f"levels for {levels.shape[0]} channels, site has {x.shape[1]}")
+    span = (levels[:, 1] - levels[:, 0]).clamp_min(_EPS)
+    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+    x -= levels[:, 0].to(torch.float32).view(shape)
+    x /= span.to(torch.float32).view(shape)
+    return x.clamp_(0.0, 1.0)
+
+
 def fit_batch(raw: torch.Tensor, prep: Preprocessing, *, dtype_max: torch.Tensor | None = None,
               scale: torch.Tensor | None = None, illum: torch.Tensor | None = None,
               levels: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
