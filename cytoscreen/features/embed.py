@@ -282,9 +282,12 @@ def extract_features(
         mode = "planes" if on_device else "fitted" if early and prep.scaling == "negcon" else "embed"
         dataset = SiteDataset(table.paths, table.frames, prep, channels=table.channels, scales=table.scales,
                               mode=mode, transfer_dtype=table.dtype)
+        # started early, the workers read ahead further while the set-up holds the other core
+        ahead = {"prefetch_factor": 4} if early and settings.spatial == "resize" else {}
         return DataLoader(dataset, batch_size=settings.batch_size, shuffle=False,
                           num_workers=settings.num_workers, pin_memory=accelerator == "gpu",
-                          collate_fn=PlaneCollate(prep) if on_device else None, persistent_workers=False)
+                          collate_fn=PlaneCollate(prep) if on_device else None, persistent_workers=False,
+                          **ahead)
 
     backbone, prep, loader = _backbone_and_reference(table, settings, plate,
                                                      early_loader=make_loader if early else None)
@@ -356,8 +359,9 @@ def _backbone_and_reference(
     start before both (on settings without the fitted levels) and the batches are those started
     ones (:class:`_Started`); else ``early_loader`` is None and the caller builds the loader.
     """
-    def build() -> Backbone:
-        return create_backbone(settings.backbone, settings.weights, intermediate=settings.intermediate)
+    def build() -> Backbone:  # channels-last here, while the reference workers read (SiteEmbedder's is a no-op then)
+        net = create_backbone(settings.backbone, settings.weights, intermediate=settings.intermediate)
+        return net.to(memory_format=torch.channels_last)
 
     input_px = backbone_spec(settings.backbone).input_px
     backbone = None if input_px else build()  # timm: the input size comes with the network
