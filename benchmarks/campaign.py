@@ -29,7 +29,8 @@ Then each step runs in its own child process (wall, CPU and peak RSS from ``os.w
     the product's screen report page (``screen_report``) from per-plate QC tables, the novelty and
     MoA tables.
 
-Prints one JSON line: per step wall_s, cpu_s, peak_rss_mb, and sizes.
+Prints one JSON line: per step wall_s, cpu_s, peak_rss_mb, load_1m (the machine's 1-minute load
+average when the step ended), and sizes.
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ def _run(cmd: list[str]) -> tuple[dict, dict]:
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     info = json.loads(lines[-1]) if lines else {}
     return info, {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-                  "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+                  "peak_rss_mb": round(usage.ru_maxrss / 1024),
+                  "load_1m": round(os.getloadavg()[0], 1)}  # machine load when the step ended
 
 
 def main(argv: list[str] | None = None) -> int:
