@@ -117,6 +117,27 @@ def test_median_equals_pandas_exactly_on_runs_of_equal_groups(order, monkeypatch
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, ref)
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_large_groups_take_the_partition_median_with_the_same_values(order, monkeypatch):
+    """Groups above _NETWORK_MAX_ROWS (a campaign's DMSO treatment: tens of thousands of wells) use
+    np.partition a few features at a time: bit-equal to the network and to pandas, odd and even
+    sizes, NaN columns, small feature chunks."""
+    rng = np.random.default_rng(3)
+    counts = np.r_[[301, 300], np.full(3, 13), [300]]
+    codes = np.repeat(np.arange(len(counts)), counts)
+    x = np.asarray(rng.normal(size=(len(codes), 40)).astype(np.float32), order=order)
+    x[::11, 5] = np.nan
+    ref = pd.DataFrame(x).groupby(codes).median().to_numpy()
+    monkeypatch.setattr(groups, "_NETWORK_MAX_ROWS", 10**6)
+    network = group_reduce(x, codes, len(counts), "median")
+    monkeypatch.setattr(groups, "_NETWORK_MAX_ROWS", 100)
+    monkeypatch.setattr(groups, "_TILE_LANES", 64)  # chunks of a few features
+    partition = group_reduce(x, codes, len(counts), "median")
+    assert partition.dtype == np.float32
+    np.testing.assert_array_equal(partition, ref)
+    np.testing.assert_array_equal(partition, network)
+
+
 def test_synthetic_sites_shape():
     sites = synthetic_sites(plates=2, wells=12, sites=3)
     out = aggregate(sites)
