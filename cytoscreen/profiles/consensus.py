@@ -74,7 +74,7 @@ def modz_weights(
     if k == 1:
         return np.ones(1)
     if np.isnan(x).any():
-        cor = pd.DataFrame(x.T).corr(method=method).to_numpy(dtype=np.float64)
+        cor = pd.DataFrame(x.T).corr(method=method).to_numpy(dtype=np.float64, copy=True)  # writable (copy-on-write)
     else:
         values = x.astype(np.float64)
         if method == "spearman":
